@@ -1,0 +1,167 @@
+"""``lstm-harness``: run, validate and tabulate ablation suites.
+
+Exit codes: 0 everything finished; 1 some trials failed (the rest of the suite completed);
+2 bad input (suite, task, tracking store), nothing launched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+EXIT_OK, EXIT_TRIALS_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+console = Console(stderr=True, highlight=False)
+
+
+def error(message: str) -> int:
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    return EXIT_BAD_INPUT
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lstm-harness", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_store(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--tracking-uri", help="MLflow tracking URI (default: "
+                       "$MLFLOW_TRACKING_URI, else sqlite under --runs-dir)")
+        p.add_argument("--runs-dir", type=Path, default=Path("runs"),
+                       help="working state: MLflow database, Ray storage (default: runs/)")
+        p.add_argument("--results-dir", type=Path, default=Path("results"),
+                       help="where results/<suite>/ is written (default: results/)")
+
+    run = sub.add_parser("run", help="run a suite (resumes it if it ran before)")
+    run.add_argument("suite", type=Path)
+    with_store(run)
+    run.add_argument("--address", help="join a Ray cluster (e.g. 'auto'); default: local Ray")
+    run.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    run.add_argument("--max-failures", type=int, default=2,
+                     help="retries of a crashed trial from its last checkpoint (default: 2)")
+    run.add_argument("--no-progress", action="store_true", help="no live progress view")
+
+    validate = sub.add_parser("validate", help="check a suite file without running it")
+    validate.add_argument("suite", type=Path)
+
+    table = sub.add_parser("table", help="write results/<suite>/ tables from MLflow")
+    table.add_argument("suite", type=Path)
+    with_store(table)
+
+    sub.add_parser("tasks", help="list installed tasks and their parameters")
+
+    ui = sub.add_parser("ui", help="open the MLflow UI on 127.0.0.1")
+    with_store(ui)
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--host", default="127.0.0.1")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"run": cmd_run, "validate": cmd_validate, "table": cmd_table,
+               "tasks": cmd_tasks, "ui": cmd_ui}[args.command]
+    return handler(args)
+
+
+def load(path: Path):
+    from harness.suite import SuiteError, load_suite
+
+    try:
+        return load_suite(path)
+    except SuiteError as exc:
+        error(str(exc))
+        return None
+
+
+def cmd_validate(args) -> int:
+    suite = load(args.suite)
+    if suite is None:
+        return EXIT_BAD_INPUT
+    trials = suite.trials()
+    console.print(f"{args.suite}: valid — {len(trials)} trials "
+                  f"({len(trials) // (len(suite.spec.seeds) * len(suite.spec.tasks))} "
+                  f"variant combinations x {len(suite.spec.tasks)} tasks x "
+                  f"{len(suite.spec.seeds)} seeds)")
+    return EXIT_OK
+
+
+def cmd_run(args) -> int:
+    from harness.results import write_results
+    from harness.runner import RunOptions, run_suite
+    from harness.tracking import TrackingError, resolve_tracking_uri
+
+    suite = load(args.suite)
+    if suite is None:
+        return EXIT_BAD_INPUT
+    uri = resolve_tracking_uri(args.tracking_uri, args.runs_dir)
+    command = shlex.join(["lstm-harness", *sys.argv[1:]])
+    opts = RunOptions(tracking_uri=uri, runs_dir=args.runs_dir, address=args.address,
+                      max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+                      command=command, show_progress=not args.no_progress)
+    try:
+        outcome = run_suite(suite, opts)
+    except TrackingError as exc:
+        return error(str(exc))
+    except ConnectionError as exc:
+        return error(f"cannot reach the Ray cluster at {args.address!r}: {exc}")
+    summary = (f"{outcome.finished}/{outcome.total} trials finished"
+               + (f" ({outcome.skipped} from earlier launches)" if outcome.skipped else "")
+               + (f", {len(outcome.failed)} failed" if outcome.failed else ""))
+    out_dir = args.results_dir / suite.name
+    written = write_results(suite, uri, out_dir, command=command, summary=summary)
+    for key, reason in sorted(outcome.failed.items()):
+        console.print(f"[red]FAILED[/] {key}: {reason}")
+    table = next((p for p in written if p.name == "table.md"), out_dir)
+    console.print(f"[bold]{suite.name}[/]: {summary}; table: {table}")
+    return EXIT_TRIALS_FAILED if outcome.failed else EXIT_OK
+
+
+def cmd_table(args) -> int:
+    from harness.results import write_results
+    from harness.tracking import resolve_tracking_uri
+
+    suite = load(args.suite)
+    if suite is None:
+        return EXIT_BAD_INPUT
+    uri = resolve_tracking_uri(args.tracking_uri, args.runs_dir)
+    command = shlex.join(["lstm-harness", *sys.argv[1:]])
+    written = write_results(suite, uri, args.results_dir / suite.name, command=command,
+                            summary="tables rebuilt from MLflow")
+    for path in written:
+        console.print(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_tasks(args) -> int:
+    from harness.registry import TaskLookupError, installed_task_names, load_task_class
+
+    status = EXIT_OK
+    for name in installed_task_names():
+        try:
+            cls = load_task_class(name)
+        except TaskLookupError as exc:
+            console.print(f"[red]{exc}[/]")
+            status = EXIT_BAD_INPUT
+            continue
+        print(f"{name} ({cls.kind}): metrics {', '.join(cls.metric_names())}")
+        for field, info in cls.Params.model_fields.items():
+            print(f"    {field}: {info.annotation} = {info.default!r}".replace("typing.", ""))
+    return status
+
+
+def cmd_ui(args) -> int:
+    from harness.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri, args.runs_dir)
+    console.print(f"MLflow UI on http://{args.host}:{args.port} (store {uri})")
+    return subprocess.call(["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+                            "--port", str(args.port)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Figures from MLflow runs: learning curves per variant, a band over seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+
+def metric_histories(tracking_uri: str, run_ids: list[str], key: str) -> dict[str, pd.Series]:
+    """run id -> the metric's values indexed by step."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    out = {}
+    for run_id in run_ids:
+        points = client.get_metric_history(run_id, key)
+        if points:
+            out[run_id] = pd.Series({p.step: p.value for p in points}).sort_index()
+    return out
+
+
+def learning_curves(tracking_uri: str, runs: pd.DataFrame, row_of: dict[str, str],
+                    tasks: list[str], metric: str, out_path: Path) -> Path | None:
+    """One panel per task: ``valid.<metric>`` against step, mean over seeds with a band of
+    ± one sample standard deviation, one line per table row. ``row_of``: run id -> row label."""
+    key = f"valid.{metric}"
+    histories = metric_histories(tracking_uri, list(runs["run_id"]), key)
+    if not histories:
+        return None
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        task_runs = runs[runs["task"] == task]
+        for row in dict.fromkeys(row_of[r] for r in task_runs["run_id"]):
+            ids = [r for r in task_runs["run_id"] if row_of[r] == row and r in histories]
+            if not ids:
+                continue
+            frame = pd.concat([histories[r] for r in ids], axis=1)
+            mean = frame.mean(axis=1)
+            std = frame.std(axis=1, ddof=1).fillna(0.0)
+            steps = np.asarray(mean.index, dtype=float)
+            ax.plot(steps, mean.values, label=f"{row} (n={len(ids)})")
+            ax.fill_between(steps, (mean - std).values, (mean + std).values, alpha=0.2)
+        ax.set_title(task)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+    return out_path

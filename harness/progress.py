@@ -1,0 +1,120 @@
+"""Live terminal view of a suite: trials done / running / failed, elapsed time, latest metrics."""
+
+from __future__ import annotations
+
+import time
+
+from ray.tune import Callback
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+
+def format_elapsed(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class ProgressView(Callback):
+    """A Ray Tune callback that draws the suite's progress (runs in the driver)."""
+
+    def __init__(self, suite: str, total: int, already_done: int = 0,
+                 console: Console | None = None) -> None:
+        self.suite = suite
+        self.total = total
+        self.already_done = already_done
+        self.console = console or Console(stderr=True)
+        self.started = time.monotonic()
+        self.running: dict[str, str] = {}  # trial key -> latest status line
+        self.done: set[str] = set()
+        self.failed: dict[str, str] = {}
+        self.live: Live | None = None
+
+    def __getstate__(self) -> dict:
+        # Tune pickles its run config (callbacks included); the terminal handles stay behind
+        state = dict(self.__dict__)
+        state["console"] = None
+        state["live"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.console = Console(stderr=True)
+
+    # -- Tune hooks -----------------------------------------------------------------------
+    def setup(self, **info) -> None:
+        self.live = Live(self.render(), console=self.console, refresh_per_second=2,
+                         transient=False)
+        self.live.start()
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.running[self.key(trial)] = "starting"
+        self.refresh()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        shown = {k: v for k, v in result.items()
+                 if k.startswith(("valid.", "test.")) and isinstance(v, float)}
+        metric = next(iter(sorted(shown.items())), None)
+        line = f"step {result.get('step', '?')}"
+        if metric:
+            line += f"  {metric[0]} {metric[1]:.3g}"
+        self.running[self.key(trial)] = line
+        self.refresh()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        key = self.key(trial)
+        self.running.pop(key, None)
+        self.failed.pop(key, None)
+        self.done.add(key)
+        self.refresh()
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        key = self.key(trial)
+        self.running.pop(key, None)
+        reason = getattr(trial, "error_msg", None) or "error"
+        self.failed[key] = str(reason).strip().splitlines()[-1][:200]
+        self.refresh()
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self.running[self.key(trial)] = "retrying from its last checkpoint"
+        self.refresh()
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.stop()
+
+    # -- drawing --------------------------------------------------------------------------
+    @staticmethod
+    def key(trial) -> str:
+        return trial.config.get("trial", {}).get("key", trial.trial_id)
+
+    def counts(self) -> dict[str, int]:
+        done = len(self.done) + self.already_done
+        pending = self.total - done - len(self.running) - len(self.failed)
+        return {"done": done, "running": len(self.running), "failed": len(self.failed),
+                "pending": max(pending, 0)}
+
+    def render(self) -> Group:
+        c = self.counts()
+        head = Text.assemble(
+            (f"{self.suite}  ", "bold"),
+            f"done {c['done']}/{self.total}  ", (f"running {c['running']}  ", "cyan"),
+            (f"failed {c['failed']}  ", "red" if c["failed"] else ""),
+            f"pending {c['pending']}  elapsed {format_elapsed(time.monotonic() - self.started)}")
+        table = Table(show_header=False, box=None, padding=(0, 2))
+        for key, line in sorted(self.running.items()):
+            table.add_row(Text(key, "cyan"), line)
+        for key, reason in sorted(self.failed.items()):
+            table.add_row(Text(key, "red"), f"FAILED: {reason}")
+        return Group(head, table)
+
+    def refresh(self) -> None:
+        if self.live is not None:
+            self.live.update(self.render())
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.update(self.render())
+            self.live.stop()
+            self.live = None

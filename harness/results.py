@@ -1,0 +1,42 @@
+"""MLflow runs -> ``results/<suite>/``: tables, figures and RUN.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.plots import learning_curves
+from harness.provenance import write_run_md
+from harness.suite import Suite
+from harness.tables import TableLayout, build_table, load_trial_runs, write_table
+
+
+def layout_for(suite: Suite) -> TableLayout:
+    spec = suite.spec
+    return TableLayout(
+        axes={axis: list(variants) for axis, variants in spec.axes.items()},
+        tasks=suite.task_labels(), metrics=list(spec.metrics), directions=suite.directions(),
+        rows=suite.row_axes(), columns=spec.table.columns,
+        baseline=suite.baseline() if suite.row_axes() else None, alpha=spec.table.alpha)
+
+
+def write_results(suite: Suite, tracking_uri: str, out_dir: Path, command: str,
+                  summary: str) -> list[Path]:
+    """Write the table (md, tex, csv), learning-curve figures and RUN.md; return the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    layout = layout_for(suite)
+    finished, failed = load_trial_runs(tracking_uri, suite.name)
+    caption = f"{suite.name}: {suite.spec.description}".rstrip(": ")
+    written = write_table(build_table(finished, layout, failed, caption=caption), out_dir)
+    if len(finished):
+        row_axes = layout.row_axes
+        row_of = {r["run_id"]: layout.row_label(tuple(r[f"variant.{a}"] for a in row_axes))
+                  for _, r in finished.iterrows()}
+        for metric in suite.spec.metrics:
+            if metric.endswith("_tf"):
+                continue  # curves show the free-running metric; the table has both
+            figure = learning_curves(tracking_uri, finished, row_of, layout.tasks, metric,
+                                     out_dir / "figures" / f"curve_{metric}.png")
+            if figure is not None:
+                written.append(figure)
+    written.append(write_run_md(out_dir, suite.path, command, summary, tracking_uri))
+    return written

@@ -1,0 +1,139 @@
+"""Ray Tune runs a suite's grid: one trial per (variants, task, seed), resumable.
+
+Resuming has two layers. Within one grid (same fingerprint), ``Tuner.restore`` continues the
+experiment: finished trials stay finished and interrupted ones restart from their last
+checkpoint. Across grids (a suite that gained a seed or a variant), trials that already have a
+FINISHED run in MLflow are not launched again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import run_schema as rs
+from harness.suite import Suite
+from harness.tracking import end_run, prepare_experiment, start_launch_run
+from harness.trial import Runtime, tune_trainable
+
+
+@dataclass
+class RunOptions:
+    tracking_uri: str
+    runs_dir: Path
+    address: str | None = None
+    max_concurrent: int | None = None
+    max_failures: int = 2
+    command: str = ""
+    show_progress: bool = True
+
+
+@dataclass
+class RunOutcome:
+    total: int
+    skipped: int  # finished in an earlier launch, not run again
+    finished: int  # trials of the suite with a FINISHED run, all launches counted
+    failed: dict[str, str]  # trial key -> reason
+
+
+def finished_trial_keys(tracking_uri: str, experiment_id: str, suite: str) -> set[str]:
+    """Keys of trials that already have a FINISHED run in MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    keys: set[str] = set()
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], page_token=token, max_results=1000,
+            filter_string=(f"tags.`{rs.TAG_ROLE}` = '{rs.ROLE_TRIAL}' and "
+                           f"tags.`{rs.TAG_SUITE}` = '{suite}' and "
+                           "attributes.status = 'FINISHED'"))
+        keys.update(r.data.tags[rs.TAG_TRIAL_KEY] for r in page)
+        token = page.token
+        if not token:
+            return keys
+
+
+def init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    kwargs = {"log_to_driver": False, "logging_level": logging.ERROR,
+              "configure_logging": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(include_dashboard=False, **kwargs)
+
+
+def dirname_for(trial) -> str:
+    key = trial.config.get("trial", {}).get("key", trial.trial_id)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", key)[:80] + f"_{trial.trial_id[-5:]}"
+
+
+def run_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
+    """Run every trial of the suite not yet finished; returns what happened."""
+    from ray import tune
+
+    from harness.progress import ProgressView
+
+    artifact_dir = opts.runs_dir / "mlartifacts"
+    experiment_id = prepare_experiment(opts.tracking_uri, suite.name, artifact_dir)
+    trials = suite.trials()
+    storage = (opts.runs_dir / "ray").resolve()
+    name = f"{suite.name}-{suite.fingerprint()}"
+    experiment_path = storage / name
+    done_before = finished_trial_keys(opts.tracking_uri, experiment_id, suite.name)
+    pending = [t for t in trials if t["key"] not in done_before]
+    restorable = tune.Tuner.can_restore(str(experiment_path))
+    if not pending:
+        return RunOutcome(total=len(trials), skipped=len(trials), finished=len(trials),
+                          failed={})
+
+    init_ray(opts.address)
+    parent = start_launch_run(opts.tracking_uri, experiment_id, suite.name, opts.command)
+    runtime = Runtime(opts.tracking_uri, experiment_id, parent,
+                      cpus=suite.spec.resources.cpu, gpus=suite.spec.resources.gpu)
+    trainable = tune.with_resources(
+        tune.with_parameters(tune_trainable, runtime=runtime),
+        {"cpu": suite.spec.resources.cpu, "gpu": suite.spec.resources.gpu})
+    skipped = len(trials) - len(pending)
+    progress = ProgressView(suite.name, total=len(trials), already_done=skipped)
+    callbacks = [progress] if opts.show_progress else []
+    if restorable:
+        tuner = tune.Tuner.restore(str(experiment_path), trainable=trainable,
+                                   resume_errored=True, restart_errored=False)
+        # Tune keeps the callbacks of the run config it restored; add the live view
+        tuner._local_tuner._run_config.callbacks = callbacks
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search(pending)},
+            tune_config=tune.TuneConfig(
+                num_samples=1, max_concurrent_trials=opts.max_concurrent,
+                reuse_actors=False, trial_dirname_creator=dirname_for),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(storage), verbose=0, callbacks=callbacks,
+                failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    status = "FAILED"
+    try:
+        grid = tuner.fit()
+        status = "FINISHED"
+    finally:
+        progress.stop()
+        end_run(opts.tracking_uri, parent, status)
+    failed = {}
+    for result in grid:
+        if result.error is not None and result.config:
+            failed[result.config["trial"]["key"]] = str(result.error).strip().splitlines()[-1][:300]
+    now_done = finished_trial_keys(opts.tracking_uri, experiment_id, suite.name)
+    keys = {t["key"] for t in trials}
+    return RunOutcome(total=len(trials), skipped=skipped, finished=len(keys & now_done),
+                      failed={k: v for k, v in failed.items() if k not in now_done})

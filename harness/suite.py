@@ -1,0 +1,327 @@
+"""Suite files: schema, validation with one clear message, and expansion into trials.
+
+A suite is ``axes x tasks x seeds``: every combination of one named variant per axis, on every
+task, for every seed, is one trial. Variants are dotted overrides of the suite's ``base`` trial
+config (see :mod:`harness.config`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from harness.config import TrialConfig, set_dotted
+from harness.registry import TaskLookupError, load_task_class
+from tasks.base import Task
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class SuiteError(Exception):
+    """A suite that cannot run; the message names the file, the field and what is allowed."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskSpec(Strict):
+    name: str
+    label: str | None = Field(None, pattern=NAME_PATTERN)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TableSpec(Strict):
+    rows: list[str] | None = None
+    columns: str | None = None
+    baseline: str | dict[str, str] | None = None
+    alpha: float = Field(0.05, gt=0, lt=1)
+
+
+class Resources(Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class SearchSpec(Strict):
+    kind: Literal["grid"] = "grid"
+
+
+class SuiteFile(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    tasks: list[TaskSpec] = Field(min_length=1)
+    base: dict[str, Any] = Field(default_factory=dict)
+    axes: dict[str, dict[str, dict[str, Any] | None]] = Field(default_factory=dict)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    metrics: list[str] = Field(min_length=1)
+    table: TableSpec = Field(default_factory=TableSpec)
+    resources: Resources = Field(default_factory=Resources)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A validated suite with its resolved tasks."""
+
+    path: Path
+    spec: SuiteFile
+    task_classes: dict[str, type[Task]]  # task label -> class
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def task_labels(self) -> list[str]:
+        return [task_label(t) for t in self.spec.tasks]
+
+    def row_axes(self) -> list[str]:
+        if self.spec.table.rows is not None:
+            return list(self.spec.table.rows)
+        return [a for a in self.spec.axes if a != self.spec.table.columns]
+
+    def baseline(self) -> dict[str, str]:
+        """Row-axis -> baseline variant (default: each axis's first variant)."""
+        given = self.spec.table.baseline
+        rows = self.row_axes()
+        chosen = {axis: next(iter(self.spec.axes[axis])) for axis in rows}
+        if isinstance(given, str):
+            chosen[rows[0]] = given
+        elif isinstance(given, dict):
+            chosen.update(given)
+        return chosen
+
+    def directions(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for cls in self.task_classes.values():
+            for metric in cls.metric_names():
+                out.setdefault(metric, cls.direction(metric))
+        return out
+
+    def trials(self) -> list[dict[str, Any]]:
+        """Every trial as a JSON-serialisable dict: key, variants, task, seed, config."""
+        axes = self.spec.axes
+        combos = list(itertools.product(*(list(v.items()) for v in axes.values())))
+        out = []
+        for combo in combos:
+            variants = {axis: name for axis, (name, _) in zip(axes, combo, strict=True)}
+            config = resolve_config(self.spec.base, [over or {} for _, over in combo])
+            for task in self.spec.tasks:
+                for seed in self.spec.seeds:
+                    label = task_label(task)
+                    out.append({
+                        "key": trial_key(variants, label, seed),
+                        "suite": self.name,
+                        "variants": variants,
+                        "task": {"name": task.name, "label": label, "params": task.params},
+                        "seed": seed,
+                        "config": config,
+                    })
+        return out
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that defines the trials (changes when the grid does)."""
+        text = json.dumps(self.trials(), sort_keys=True, default=str)
+        return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def task_label(task: TaskSpec) -> str:
+    return task.label or task.name
+
+
+def trial_key(variants: dict[str, str], label: str, seed: int) -> str:
+    """A stable, readable trial id: ``variant/variant|task|s<seed>``."""
+    names = "/".join(variants.values()) or "baseline"
+    return f"{names}|{label}|s{seed}"
+
+
+def resolve_config(base: dict[str, Any], overrides: list[dict[str, Any]]) -> dict[str, Any]:
+    """Apply dotted overrides to the base config and return the full, validated config."""
+    tree = copy.deepcopy(base)
+    for over in overrides:
+        for path, value in over.items():
+            set_dotted(tree, path, copy.deepcopy(value))
+    return TrialConfig.model_validate(tree).model_dump(mode="json")
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def format_errors(err: ValidationError, prefix: str, model: type[BaseModel] | None) -> list[str]:
+    """pydantic errors as ``field.path: message; allowed: ...`` lines."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in e["loc"])
+        loc = loc.replace(".[", "[")
+        where = f"{prefix}{loc}" if loc else prefix.rstrip(".")
+        if e["type"] == "extra_forbidden":
+            allowed = allowed_keys(model, [p for p in e["loc"][:-1]])
+            msg = f"unknown key '{e['loc'][-1]}'"
+            if allowed:
+                msg += f"; allowed: {', '.join(allowed)}"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        else:
+            msg = e["msg"]
+            if "input" in e and e["type"] not in {"model_type", "dict_type"}:
+                msg += f" (got {e['input']!r})"
+        lines.append(f"{where}: {msg}")
+    return lines
+
+
+def allowed_keys(model: type[BaseModel] | None, loc: list[Any]) -> list[str]:
+    """Field names of the nested pydantic model found by walking ``loc`` from ``model``."""
+    node: Any = model
+    for part in loc:
+        if isinstance(part, int) or node is None:
+            continue
+        field = getattr(node, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        node = annotation if isinstance(annotation, type) and issubclass(
+            annotation, BaseModel) else _model_in(annotation)
+    return list(getattr(node, "model_fields", {})) if node is not None else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    for arg in getattr(annotation, "__args__", ()):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read, validate and resolve a suite file; raise :class:`SuiteError` on any problem."""
+    path = Path(path)
+    fail = _failer(path)
+    if not path.is_file():
+        raise SuiteError(f"{path}: suite file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SuiteError(f"{path}: {where}invalid YAML: {problem}") from None
+    if not isinstance(raw, dict):
+        fail(["(top level): a suite is a mapping with keys: " + ", ".join(SuiteFile.model_fields)])
+    try:
+        spec = SuiteFile.model_validate(raw)
+    except ValidationError as exc:
+        fail(format_errors(exc, "", SuiteFile))
+    fail(_config_errors(spec))
+    task_classes = _resolve_tasks(spec, fail)
+    fail(_metric_errors(spec, task_classes))
+    fail(_table_errors(spec))
+    if len(set(spec.seeds)) != len(spec.seeds):
+        fail([f"seeds: duplicate seeds in {spec.seeds}"])
+    return Suite(path=path, spec=spec, task_classes=task_classes)
+
+
+def _failer(path: Path):
+    def fail(lines: list[str]) -> None:
+        if lines:
+            raise SuiteError("\n".join(f"{path}: {line}" for line in lines))
+    return fail
+
+
+def _config_errors(spec: SuiteFile) -> list[str]:
+    try:
+        TrialConfig.model_validate(spec.base)
+    except ValidationError as exc:
+        return format_errors(exc, "base.", TrialConfig)
+    lines: list[str] = []
+    for axis, variants in spec.axes.items():
+        if not variants:
+            lines.append(f"axes.{axis}: an axis needs at least one variant")
+        for name, over in variants.items():
+            try:
+                resolve_config(spec.base, [over or {}])
+            except ValidationError as exc:
+                lines += format_errors(exc, f"axes.{axis}.{name}: ", TrialConfig)
+    if lines:
+        return lines
+    combos = 1
+    for variants in spec.axes.values():
+        combos *= len(variants)
+    if combos <= 10_000:  # overrides may clash only in combination
+        for combo in itertools.product(*(list(v.items()) for v in spec.axes.values())):
+            try:
+                resolve_config(spec.base, [over or {} for _, over in combo])
+            except ValidationError as exc:
+                names = " + ".join(f"{a}.{n}" for a, (n, _) in zip(spec.axes, combo, strict=True))
+                return format_errors(exc, f"axes ({names}): ", TrialConfig)
+    return lines
+
+
+def _resolve_tasks(spec: SuiteFile, fail) -> dict[str, type[Task]]:
+    classes: dict[str, type[Task]] = {}
+    lines: list[str] = []
+    for i, task in enumerate(spec.tasks):
+        label = task_label(task)
+        if label in classes:
+            lines.append(f"tasks[{i}].label: task label '{label}' is used twice; give each "
+                         "task a distinct 'label'")
+            continue
+        try:
+            cls = load_task_class(task.name)
+        except TaskLookupError as exc:
+            lines.append(f"tasks[{i}].name: {exc}")
+            continue
+        try:
+            cls.Params.model_validate(task.params)
+        except ValidationError as exc:
+            lines += format_errors(exc, f"tasks[{i}].params.", cls.Params)
+            continue
+        classes[label] = cls
+    fail(lines)
+    return classes
+
+
+def _metric_errors(spec: SuiteFile, task_classes: dict[str, type[Task]]) -> list[str]:
+    reported = {m for cls in task_classes.values() for m in cls.metric_names()}
+    return [f"metrics[{i}]: unknown metric '{m}'; the suite's tasks report: "
+            f"{', '.join(sorted(reported))}"
+            for i, m in enumerate(spec.metrics) if m not in reported]
+
+
+def _table_errors(spec: SuiteFile) -> list[str]:
+    table, axes = spec.table, spec.axes
+    names = ", ".join(axes) or "none (the suite has no axes)"
+    lines = []
+    for axis in table.rows or []:
+        if axis not in axes:
+            lines.append(f"table.rows: unknown axis '{axis}'; axes: {names}")
+    if table.columns is not None:
+        if table.columns not in axes:
+            lines.append(f"table.columns: unknown axis '{table.columns}'; axes: {names}")
+        elif table.columns in (table.rows or []):
+            lines.append(f"table.columns: axis '{table.columns}' is also in table.rows")
+    if lines:
+        return lines
+    rows = table.rows if table.rows is not None else [a for a in axes if a != table.columns]
+    baseline = table.baseline
+    if isinstance(baseline, str):
+        if not rows:
+            return ["table.baseline: the table has no row axis to take a baseline from"]
+        baseline = {rows[0]: baseline}
+    for axis, variant in (baseline or {}).items():
+        if axis not in rows:
+            lines.append(f"table.baseline: '{axis}' is not a row axis; row axes: "
+                         f"{', '.join(rows) or 'none'}")
+        elif variant not in axes[axis]:
+            lines.append(f"table.baseline: unknown variant '{variant}' of axis '{axis}'; "
+                         f"variants: {', '.join(axes[axis])}")
+    return lines

@@ -1,0 +1,122 @@
+"""MLflow on a real database: the driver prepares it, each trial writes its own run.
+
+Default store: ``runs/mlflow.db`` (SQLite, absolute URI, artifacts beside it in
+``runs/mlartifacts``), or ``--tracking-uri`` / ``MLFLOW_TRACKING_URI`` (for example a tracking
+server on a cluster's head). The database and the experiment are created by the driver before
+any trial starts (concurrent first-time schema creation is unsafe). A retried trial resumes
+the MLflow run it started (its id travels in the checkpoint), so a trial is one run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from harness import run_schema as rs
+from harness.config import flatten
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be opened or written."""
+
+
+def resolve_tracking_uri(explicit: str | None, runs_dir: Path) -> str:
+    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``runs/mlflow.db`` (absolute)."""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{(runs_dir / 'mlflow.db').resolve()}"
+
+
+def prepare_experiment(tracking_uri: str, suite: str, artifact_dir: Path) -> str:
+    """Create (or find) the suite's experiment; returns its id. Runs in the driver only."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingError(f"cannot create the MLflow directory {db.parent}: {exc}") from exc
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        found = client.get_experiment_by_name(suite)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if not tracking_uri.startswith(("http://", "https://", "databricks")):
+            location = (artifact_dir.resolve() / suite).as_uri()
+        return client.create_experiment(suite, artifact_location=location)
+    except Exception as exc:  # the store's own exception types vary by backend
+        raise TrackingError(f"MLflow store {tracking_uri} cannot be used: "
+                            f"{type(exc).__name__}: {exc}") from exc
+
+
+def start_launch_run(tracking_uri: str, experiment_id: str, suite: str, command: str) -> str:
+    """The parent run of one ``lstm-harness run`` launch."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = client.create_run(experiment_id, run_name=f"{suite} launch", tags={
+        rs.TAG_ROLE: rs.ROLE_LAUNCH, rs.TAG_SUITE: suite, "harness.command": command})
+    return run.info.run_id
+
+
+def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
+    MlflowClient(tracking_uri=tracking_uri).set_terminated(run_id, status)
+
+
+class TrialTracker:
+    """One trial's MLflow run: params, tags, step metrics, final metrics, artifacts."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str | None) -> None:
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.run_id: str | None = None
+
+    def start(self, trial: dict[str, Any], resume_run_id: str | None = None) -> str:
+        """Open the trial's run, or reopen ``resume_run_id`` after a retry."""
+        if resume_run_id is not None:
+            self.run_id = resume_run_id
+            self.client.update_run(resume_run_id, status="RUNNING")
+            return resume_run_id
+        tags = {
+            rs.TAG_ROLE: rs.ROLE_TRIAL,
+            rs.TAG_SUITE: trial["suite"],
+            rs.TAG_TRIAL_KEY: trial["key"],
+            rs.TAG_TASK: trial["task"]["label"],
+            rs.TAG_SEED: str(trial["seed"]),
+            **{f"{rs.TAG_VARIANT_PREFIX}{axis}": name
+               for axis, name in trial["variants"].items()},
+        }
+        if self.parent_run_id:
+            tags[rs.TAG_PARENT] = self.parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=trial["key"], tags=tags)
+        self.run_id = run.info.run_id
+        params = flatten(trial["config"])
+        params.update(flatten({"task": trial["task"]["params"]}))
+        params.update({"task.name": trial["task"]["name"], "seed": trial["seed"]})
+        params.update({f"variant.{a}": v for a, v in trial["variants"].items()})
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self.client.log_text(self.run_id, json.dumps(trial, indent=2), "trial_config.json")
+        return self.run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[
+            Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def finish(self) -> None:
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+    def fail(self, reason: str) -> None:
+        if self.run_id is None:
+            return
+        self.set_tags({rs.TAG_FAILURE: reason[:4000]})
+        self.client.set_terminated(self.run_id, "FAILED")

@@ -1,0 +1,15 @@
+"""Optimizers named in a suite."""
+
+from __future__ import annotations
+
+import torch
+
+from harness.config import TrainConfig
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """``adam``: Adam (Kingma & Ba 2015); ``sgd``: SGD with optional momentum."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay)

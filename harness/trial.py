@@ -1,0 +1,146 @@
+"""One trial: task from the registry, model from the zoo, the training loop, MLflow, Ray Tune.
+
+``execute_trial`` runs a trial in the current process (tests and benchmarks call it directly);
+``tune_trainable`` is the same trial as a Ray Tune function trainable, with checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness import run_schema as rs
+from harness.config import TrialConfig
+from harness.models.seq2seq import Seq2Seq, count_parameters
+from harness.registry import load_task_class
+from harness.tracking import TrialTracker
+from harness.training.evaluate import evaluate
+from harness.training.loop import TrainState, train
+from harness.training.optim import make_optimizer
+
+CHECKPOINT_FILE = "trial.pt"
+
+Report = Callable[[dict[str, float], dict[str, Any] | None], None]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What every trial of a launch shares (not part of the trial's identity)."""
+
+    tracking_uri: str | None
+    experiment_id: str | None
+    parent_run_id: str | None
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+
+def pick_device(gpus: float) -> torch.device:
+    return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated on a GPU; peak resident set size of the process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None = None,
+                  resume: dict[str, Any] | None = None) -> dict[str, float]:
+    """Train and test one trial; returns its final metrics (``test.*`` and ``cost.*``)."""
+    started = time.perf_counter()
+    torch.set_num_threads(max(1, int(runtime.cpus)))
+    device = pick_device(runtime.gpus)
+    cfg = TrialConfig.model_validate(trial["config"])
+    task_cls = load_task_class(trial["task"]["name"])
+    task = task_cls(task_cls.Params.model_validate(trial["task"]["params"]))
+
+    torch.manual_seed(trial["seed"])
+    model = Seq2Seq(cfg.model, task.src_vocab_size, task.tgt_vocab_size).to(device)
+    optimizer = make_optimizer(model.parameters(), cfg.train)
+    state = TrainState()
+    tracker = None
+    if runtime.tracking_uri is not None:
+        tracker = TrialTracker(runtime.tracking_uri, runtime.experiment_id, runtime.parent_run_id)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        state = TrainState(**resume["state"])
+        torch.set_rng_state(resume["rng"])
+        started -= resume["elapsed"]
+    if tracker is not None:
+        tracker.start(trial, resume_run_id=resume.get("mlflow_run_id") if resume else None)
+
+    def on_log(state: TrainState, metrics: dict[str, float]) -> None:
+        if tracker is not None:
+            tracker.log_metrics(metrics, state.step)
+
+    def on_eval(state: TrainState, metrics: dict[str, float]) -> None:
+        valid = {f"{rs.VALID_PREFIX}{k}": v for k, v in metrics.items()}
+        if tracker is not None:
+            tracker.log_metrics(valid, state.step)
+        if report is not None:
+            report({"step": state.step, **valid}, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "state": state.as_dict(), "rng": torch.get_rng_state(),
+                "elapsed": time.perf_counter() - started,
+                "mlflow_run_id": tracker.run_id if tracker else None})
+
+    try:
+        train(model, optimizer, task, cfg.train, trial["seed"], state, device, on_log, on_eval)
+        test = evaluate(model, task, "test", cfg.train.eval_batch_size, device)
+        final = {f"{rs.TEST_PREFIX}{k}": v for k, v in test.items()}
+        final.update({
+            rs.COST_PARAMS: float(count_parameters(model)),
+            rs.COST_WALL: time.perf_counter() - started,
+            rs.COST_TOKENS_PER_S: state.tokens / max(state.train_seconds, 1e-9),
+            rs.COST_PEAK_MEM: peak_memory_mb(device),
+        })
+        if tracker is not None:
+            tracker.log_metrics(final, state.step)
+            tracker.finish()
+    except BaseException as exc:
+        if tracker is not None:
+            tracker.fail(f"{type(exc).__name__}: {exc}")
+        raise
+    if report is not None:
+        report({"step": state.step, "done": 1.0, **final}, None)
+    return final
+
+
+def tune_trainable(config: dict[str, Any], runtime: Runtime) -> None:
+    """Ray Tune entry point: resume from the last checkpoint, report with checkpoints."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    resume = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            path = Path(folder) / CHECKPOINT_FILE
+            try:
+                resume = torch.load(path, weights_only=True)
+            except Exception as exc:
+                raise RuntimeError(f"corrupt checkpoint {path}: {exc}") from exc
+
+    def report(metrics: dict[str, float], payload: dict[str, Any] | None) -> None:
+        if payload is None:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(payload, os.path.join(folder, CHECKPOINT_FILE))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    try:
+        execute_trial(config["trial"], runtime, report=report, resume=resume)
+    except Exception:
+        traceback.print_exc()
+        raise

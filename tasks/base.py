@@ -1,0 +1,134 @@
+"""The Task API: what a task gives the harness.
+
+A task owns its data (splits, tokenization), its batches and its metrics. The harness owns the
+model, the training loop and the bookkeeping. Built-in tasks and plugins are registered the same
+way, under the entry-point group ``lstm_harness.tasks``.
+
+Token conventions for sequence-to-sequence tasks: id 0 is padding, 1 begins a target sequence,
+2 ends one. ``Seq2SeqBatch.tgt`` holds the target tokens followed by EOS (no BOS); the model
+prepends BOS itself when it builds decoder inputs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+PAD, BOS, EOS = 0, 1, 2
+N_SPECIAL = 3
+
+Direction = Literal["max", "min"]
+
+
+class TaskParams(BaseModel):
+    """Base class of a task's parameters: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class Seq2SeqBatch:
+    """A padded batch. ``src``: [B, S]; ``tgt``: [B, T] (targets then EOS, PAD after);
+    ``src_len``/``tgt_len``: [B] true lengths (``tgt_len`` counts the EOS); ``ids``: [B]
+    per-example ids (-1 where examples are generated on the fly)."""
+
+    src: torch.Tensor
+    src_len: torch.Tensor
+    tgt: torch.Tensor
+    tgt_len: torch.Tensor
+    ids: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return int(self.src.shape[0])
+
+    def to(self, device: torch.device | str) -> Seq2SeqBatch:
+        return Seq2SeqBatch(*(t.to(device) for t in (self.src, self.src_len, self.tgt,
+                                                      self.tgt_len, self.ids)))
+
+
+def pad_sequences(seqs: list[list[int]], append_eos: bool = False) -> tuple[torch.Tensor,
+                                                                            torch.Tensor]:
+    """Right-pad token lists with PAD into a LongTensor [B, max_len]; returns (tokens, lengths)."""
+    if append_eos:
+        seqs = [list(s) + [EOS] for s in seqs]
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    out = torch.full((len(seqs), max(int(lengths.max()), 1)), PAD, dtype=torch.long)
+    for row, s in enumerate(seqs):
+        if s:
+            out[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out, lengths
+
+
+def strip_special(ids: list[int]) -> list[int]:
+    """Cut a decoded sequence at its first EOS and drop PAD/BOS."""
+    out: list[int] = []
+    for token in ids:
+        if token == EOS:
+            break
+        if token >= N_SPECIAL:
+            out.append(token)
+    return out
+
+
+class Task(ABC):
+    """A sequence-to-sequence task.
+
+    Subclasses declare ``name``, ``Params`` (a :class:`TaskParams` model) and ``metrics``
+    (metric name -> "max" or "min", the better direction), and implement the methods below.
+    Every metric is reported twice by the harness: free-running (greedy decoding, the model
+    reads its own predictions; name as declared) and teacher-forced (argmax at every step
+    given the true prefix; name + ``_tf``). The difference is the exposure-bias gap.
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[Literal["seq2seq", "forecast"]] = "seq2seq"
+    Params: ClassVar[type[TaskParams]]
+    metrics: ClassVar[dict[str, Direction]]
+
+    def __init__(self, params: TaskParams) -> None:
+        self.params = params
+
+    @property
+    @abstractmethod
+    def src_vocab_size(self) -> int:
+        """Number of source token ids, special ids included."""
+
+    @property
+    @abstractmethod
+    def tgt_vocab_size(self) -> int:
+        """Number of target token ids, special ids included."""
+
+    @property
+    @abstractmethod
+    def max_target_len(self) -> int:
+        """Longest target (without EOS): free-running decoding stops after this + 1 steps."""
+
+    @abstractmethod
+    def train_batch(self, step: int, batch_size: int, seed: int) -> Seq2SeqBatch:
+        """The training batch for ``step``; a pure function of (step, batch_size, seed), so a
+        resumed trial sees exactly the batches it would have seen."""
+
+    @abstractmethod
+    def eval_batches(self, split: Literal["valid", "test"],
+                     batch_size: int) -> Iterator[Seq2SeqBatch]:
+        """Fixed batches of a held-out split (the same for every seed and every trial)."""
+
+    @abstractmethod
+    def score(self, hyps: list[list[int]], refs: list[list[int]]) -> dict[str, float]:
+        """Metrics of hypotheses against references (token ids, specials stripped); returns
+        one value per name in ``metrics``."""
+
+    @classmethod
+    def metric_names(cls) -> list[str]:
+        """Every metric name the harness reports for this task (free-running and ``_tf``)."""
+        return [m for name in cls.metrics for m in (name, f"{name}_tf")]
+
+    @classmethod
+    def direction(cls, metric: str) -> Direction:
+        return cls.metrics[metric.removesuffix("_tf")]

@@ -1,0 +1,207 @@
+"""Synthetic copy, reverse and delayed copy-memory tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from tasks.base import N_SPECIAL, Direction, Seq2SeqBatch, Task, TaskParams, pad_sequences
+
+_SEED_MOD = 2**63
+_SPLITS = ("valid", "test")
+
+
+def _mix_seed(seed: int, stream: int) -> int:
+    """A deterministic, non-negative generator seed from a base seed and a stream index."""
+    return (seed * 1_000_003 + stream) % _SEED_MOD
+
+
+class CopyParams(TaskParams):
+    """Parameters of :class:`CopyTask`."""
+
+    variant: Literal["copy", "reverse", "memory"] = "copy"
+    vocab: int = Field(10, ge=2, description="number of content symbols")
+    min_len: int = Field(5, ge=1, description="shortest content sequence")
+    max_len: int = Field(20, ge=1, description="longest content sequence")
+    delay: int = Field(10, ge=0, description="blank tokens before the delimiter (memory only)")
+    n_valid: int = Field(256, ge=1, description="examples in the validation split")
+    n_test: int = Field(512, ge=1, description="examples in the test split")
+    data_seed: int = Field(1234, description="seed of the held-out splits (not the trial seed)")
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> CopyParams:
+        if self.min_len > self.max_len:
+            raise ValueError(
+                f"min_len ({self.min_len}) must be <= max_len ({self.max_len})"
+            )
+        return self
+
+
+class CopyTask(Task):
+    """Copy a random symbol sequence, possibly reversed or after a delay.
+
+    A content sequence ``x`` has length ``L ~ uniform{min_len..max_len}`` and i.i.d. symbols
+    uniform over the content ids ``N_SPECIAL .. N_SPECIAL + vocab - 1``.
+
+    Variants:
+
+    * ``"copy"``: source ``x``, target ``x`` -- the basic long-range memorisation probe used
+      for LSTMs since Hochreiter & Schmidhuber (1997), "Long Short-Term Memory", Neural
+      Computation 9(8).
+    * ``"reverse"``: source ``x``, target ``x`` reversed.
+    * ``"memory"``: the delayed copy-memory problem (Hochreiter & Schmidhuber 1997;
+      Arjovsky, Shah & Bengio 2016, "Unitary Evolution Recurrent Neural Networks", ICML),
+      in encoder-decoder form: source ``x`` followed by ``delay`` BLANK tokens and one
+      DELIMITER token, target ``x``. BLANK (``N_SPECIAL + vocab``) and DELIMITER
+      (``N_SPECIAL + vocab + 1``) are source-only ids.
+
+    The valid and test splits are drawn once from ``data_seed`` (separate generator streams),
+    so they are identical for every trial seed. Training examples are generated on the fly
+    from ``(seed, step)`` and never equal a held-out content sequence: a colliding example is
+    resampled. Sources carry no EOS; targets are followed by EOS.
+    """
+
+    name: ClassVar[str] = "copy"
+    kind: ClassVar[Literal["seq2seq", "forecast"]] = "seq2seq"
+    Params: ClassVar[type[TaskParams]] = CopyParams
+    metrics: ClassVar[dict[str, Direction]] = {"exact_match": "max", "token_accuracy": "max"}
+
+    params: CopyParams
+
+    def __init__(self, params: CopyParams | None = None) -> None:
+        super().__init__(params if params is not None else CopyParams())
+        self._splits: dict[str, list[list[int]]] = {}
+        self._held_out: set[tuple[int, ...]] | None = None
+
+    # ------------------------------------------------------------------ vocabulary
+
+    @property
+    def blank_id(self) -> int:
+        """Source id of the BLANK filler token (used by the "memory" variant)."""
+        return N_SPECIAL + self.params.vocab
+
+    @property
+    def delimiter_id(self) -> int:
+        """Source id of the DELIMITER token (used by the "memory" variant)."""
+        return N_SPECIAL + self.params.vocab + 1
+
+    @property
+    def src_vocab_size(self) -> int:
+        extra = 2 if self.params.variant == "memory" else 0
+        return N_SPECIAL + self.params.vocab + extra
+
+    @property
+    def tgt_vocab_size(self) -> int:
+        return N_SPECIAL + self.params.vocab
+
+    @property
+    def max_target_len(self) -> int:
+        return self.params.max_len
+
+    # ------------------------------------------------------------------ examples
+
+    def make_example(self, x: list[int]) -> tuple[list[int], list[int]]:
+        """(source, target) token lists for a content sequence ``x`` (no EOS)."""
+        variant = self.params.variant
+        if variant == "copy":
+            return list(x), list(x)
+        if variant == "reverse":
+            return list(x), list(reversed(x))
+        return list(x) + [self.blank_id] * self.params.delay + [self.delimiter_id], list(x)
+
+    def _sample_one(self, g: torch.Generator) -> list[int]:
+        """One content sequence drawn from ``g``."""
+        p = self.params
+        length = int(torch.randint(p.min_len, p.max_len + 1, (1,), generator=g))
+        return torch.randint(N_SPECIAL, N_SPECIAL + p.vocab, (length,), generator=g).tolist()
+
+    def _sample(self, n: int, g: torch.Generator) -> list[list[int]]:
+        """``n`` content sequences drawn from ``g`` (vectorised over the batch)."""
+        p = self.params
+        lengths = torch.randint(p.min_len, p.max_len + 1, (n,), generator=g).tolist()
+        symbols = torch.randint(N_SPECIAL, N_SPECIAL + p.vocab, (n, p.max_len),
+                                generator=g).tolist()
+        return [row[:length] for row, length in zip(symbols, lengths, strict=True)]
+
+    def _batch(self, xs: list[list[int]], ids: torch.Tensor) -> Seq2SeqBatch:
+        pairs = [self.make_example(x) for x in xs]
+        src, src_len = pad_sequences([s for s, _ in pairs])
+        tgt, tgt_len = pad_sequences([t for _, t in pairs], append_eos=True)
+        return Seq2SeqBatch(src=src, src_len=src_len, tgt=tgt, tgt_len=tgt_len, ids=ids)
+
+    # ------------------------------------------------------------------ held-out data
+
+    def split_sequences(self, split: str) -> list[list[int]]:
+        """The fixed content sequences of ``split`` ("valid" or "test"), generated once."""
+        if split not in _SPLITS:
+            raise ValueError(f"unknown split {split!r}; allowed splits: {', '.join(_SPLITS)}")
+        if split not in self._splits:
+            stream = _SPLITS.index(split)
+            g = torch.Generator().manual_seed(_mix_seed(self.params.data_seed, stream))
+            n = self.params.n_valid if split == "valid" else self.params.n_test
+            self._splits[split] = self._sample(n, g)
+        return self._splits[split]
+
+    def _held_out_set(self) -> set[tuple[int, ...]]:
+        if self._held_out is None:
+            held = {tuple(x) for split in _SPLITS for x in self.split_sequences(split)}
+            p = self.params
+            space = sum(p.vocab**length for length in range(p.min_len, p.max_len + 1))
+            if len(held) >= space:
+                raise ValueError(
+                    f"the valid and test splits cover all {space} possible sequences; "
+                    "no training data is left (raise vocab/max_len or lower n_valid/n_test)"
+                )
+            self._held_out = held
+        return self._held_out
+
+    # ------------------------------------------------------------------ Task API
+
+    def train_batch(self, step: int, batch_size: int, seed: int) -> Seq2SeqBatch:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        held = self._held_out_set()
+        g = torch.Generator().manual_seed(_mix_seed(seed, step))
+        xs = self._sample(batch_size, g)
+        for i, x in enumerate(xs):
+            while tuple(x) in held:
+                x = self._sample_one(g)
+            xs[i] = x
+        return self._batch(xs, torch.full((batch_size,), -1, dtype=torch.long))
+
+    def eval_batches(self, split: Literal["valid", "test"],
+                     batch_size: int) -> Iterator[Seq2SeqBatch]:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        xs = self.split_sequences(split)  # validates the split name eagerly
+
+        def batches() -> Iterator[Seq2SeqBatch]:
+            for start in range(0, len(xs), batch_size):
+                chunk = xs[start:start + batch_size]
+                ids = torch.arange(start, start + len(chunk), dtype=torch.long)
+                yield self._batch(chunk, ids)
+
+        return batches()
+
+    def score(self, hyps: list[list[int]], refs: list[list[int]]) -> dict[str, float]:
+        """Exact-match rate and per-token accuracy over reference positions.
+
+        ``token_accuracy`` counts, over all references, the positions ``i < len(ref)`` where
+        ``hyp[i] == ref[i]``, divided by the total reference length; missing hypothesis tokens
+        count as wrong and extra ones are ignored (1.0 if every reference is empty).
+        """
+        if not hyps or not refs:
+            raise ValueError("score() needs non-empty hyps and refs")
+        if len(hyps) != len(refs):
+            raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references")
+        exact = sum(list(h) == list(r) for h, r in zip(hyps, refs, strict=True))
+        correct = sum(sum(a == b for a, b in zip(h, r, strict=False))
+                      for h, r in zip(hyps, refs, strict=True))
+        total = sum(len(r) for r in refs)
+        return {
+            "exact_match": exact / len(refs),
+            "token_accuracy": correct / total if total else 1.0,
+        }
