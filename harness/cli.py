@@ -13,14 +13,17 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 EXIT_OK, EXIT_TRIALS_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
-console = Console(stderr=True, highlight=False)
+# soft_wrap: never break a line at the terminal width (messages stay greppable, one per line)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def error(message: str) -> int:
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    # escape: paths and user-written names may contain "[...]", which rich would read as markup
+    console.print(f"[bold red]error:[/] {escape(message)}")
     return EXIT_BAD_INPUT
 
 
@@ -62,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.invocation = shlex.join(["lstm-harness", *argv])
     handler = {"run": cmd_run, "validate": cmd_validate, "table": cmd_table,
                "tasks": cmd_tasks, "ui": cmd_ui}[args.command]
     return handler(args)
@@ -83,7 +88,7 @@ def cmd_validate(args) -> int:
     if suite is None:
         return EXIT_BAD_INPUT
     trials = suite.trials()
-    console.print(f"{args.suite}: valid — {len(trials)} trials "
+    console.print(f"{escape(str(args.suite))}: valid — {len(trials)} trials "
                   f"({len(trials) // (len(suite.spec.seeds) * len(suite.spec.tasks))} "
                   f"variant combinations x {len(suite.spec.tasks)} tasks x "
                   f"{len(suite.spec.seeds)} seeds)")
@@ -99,7 +104,7 @@ def cmd_run(args) -> int:
     if suite is None:
         return EXIT_BAD_INPUT
     uri = resolve_tracking_uri(args.tracking_uri, args.runs_dir)
-    command = shlex.join(["lstm-harness", *sys.argv[1:]])
+    command = args.invocation
     opts = RunOptions(tracking_uri=uri, runs_dir=args.runs_dir, address=args.address,
                       max_concurrent=args.max_concurrent, max_failures=args.max_failures,
                       command=command, show_progress=not args.no_progress)
@@ -129,7 +134,7 @@ def cmd_table(args) -> int:
     if suite is None:
         return EXIT_BAD_INPUT
     uri = resolve_tracking_uri(args.tracking_uri, args.runs_dir)
-    command = shlex.join(["lstm-harness", *sys.argv[1:]])
+    command = args.invocation
     written = write_results(suite, uri, args.results_dir / suite.name, command=command,
                             summary="tables rebuilt from MLflow")
     for path in written:
@@ -150,7 +155,9 @@ def cmd_tasks(args) -> int:
             continue
         print(f"{name} ({cls.kind}): metrics {', '.join(cls.metric_names())}")
         for field, info in cls.Params.model_fields.items():
-            print(f"    {field}: {info.annotation} = {info.default!r}".replace("typing.", ""))
+            kind = getattr(info.annotation, "__name__", None) or str(info.annotation)
+            kind = str(info.annotation) if kind == "Literal" else kind
+            print(f"    {field}: {kind.replace('typing.', '')} = {info.default!r}")
     return status
 
 

@@ -202,6 +202,21 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (YAML would silently
+    keep the last one, dropping a variant or a setting)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_suite(path: str | Path) -> Suite:
     """Read, validate and resolve a suite file; raise :class:`SuiteError` on any problem."""
     path = Path(path)
@@ -209,7 +224,7 @@ def load_suite(path: str | Path) -> Suite:
     if not path.is_file():
         raise SuiteError(f"{path}: suite file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 (safe loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
