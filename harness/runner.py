@@ -117,7 +117,7 @@ def run_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
             param_space={"trial": tune.grid_search(pending)},
             tune_config=tune.TuneConfig(
                 num_samples=1, max_concurrent_trials=opts.max_concurrent,
-                reuse_actors=False, trial_dirname_creator=dirname_for),
+                reuse_actors=True, trial_dirname_creator=dirname_for),
             run_config=tune.RunConfig(
                 name=name, storage_path=str(storage), verbose=0, callbacks=callbacks,
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),

@@ -677,7 +677,13 @@ def _notes(table: Table, style: _Style) -> list[str]:
         )
     if table.cost_keys:
         scope = "tasks, seeds and column variants" if layout.columns else "tasks and seeds"
-        notes.append(f"Cost columns: mean over the row's finished trials across {scope}.")
+        notes.append(
+            f"Cost columns: mean over the row's finished trials across {scope}. params: "
+            "trainable parameters; wall s/trial: a trial's wall time including evaluation; "
+            "train tok/s: non-padding source + target tokens per second of training steps; "
+            "peak MB: peak resident memory of the trial's process (CPU, Python and libraries "
+            "included) or peak CUDA memory allocated (GPU)."
+        )
     if table.failures:
         notes.append(f"Failed trials ({len(table.failures)}):")
         for f in table.failures:

@@ -47,10 +47,28 @@ def pick_device(gpus: float) -> torch.device:
     return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a fresh peak-memory window (Ray may reuse one worker process for many trials)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: writing 5 to clear_refs resets the process's peak RSS (VmHWM)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated on a GPU; peak resident set size of the process on CPU."""
+    """Peak CUDA memory allocated on a GPU; peak resident set size of the process on CPU
+    (VmHWM since :func:`reset_peak_memory` where Linux allows it, else the lifetime peak)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -60,6 +78,7 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
     started = time.perf_counter()
     torch.set_num_threads(max(1, int(runtime.cpus)))
     device = pick_device(runtime.gpus)
+    reset_peak_memory(device)
     cfg = TrialConfig.model_validate(trial["config"])
     task_cls = load_task_class(trial["task"]["name"])
     task = task_cls(task_cls.Params.model_validate(trial["task"]["params"]))
