@@ -105,8 +105,12 @@ def run_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
         {"cpu": suite.spec.resources.cpu, "gpu": suite.spec.resources.gpu})
     skipped = len(trials) - len(pending)
     progress = ProgressView(suite.name, total=len(trials), already_done=skipped)
+    if skipped:
+        progress.console.print(f"{skipped} of {len(trials)} trials finished in earlier "
+                               "launches; they are not run again")
     callbacks = [progress] if opts.show_progress else []
     if restorable:
+        progress.console.print(f"resuming the interrupted launch in {experiment_path}")
         tuner = tune.Tuner.restore(str(experiment_path), trainable=trainable,
                                    resume_errored=True, restart_errored=False)
         # Tune keeps the callbacks of the run config it restored; add the live view
