@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -42,6 +43,20 @@ def finished_runs(db: Path) -> list:
     return [r for r in runs if r.data.tags.get(rs.TAG_ROLE) == rs.ROLE_TRIAL]
 
 
+def finished_trials_in_db(db: Path) -> int:
+    """Count FINISHED trial runs with plain SQL: an MLflow client opened while the driver is
+    still creating the database would race its schema migration."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+            (count,) = conn.execute(
+                "SELECT COUNT(*) FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
+                "WHERE runs.status = 'FINISHED' AND tags.key = ? AND tags.value = ?",
+                (rs.TAG_ROLE, rs.ROLE_TRIAL)).fetchone()
+        return count
+    except sqlite3.Error:
+        return 0
+
+
 def launch(suite: Path, cwd: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     return subprocess.Popen([sys.executable, "-m", "harness", "run", str(suite), "--no-progress"],
@@ -56,7 +71,7 @@ def test_rerun_after_driver_kill_finishes_only_what_is_missing(tmp_path):
     driver = launch(suite, tmp_path)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and driver.poll() is None:
-        if db.exists() and finished_runs(db):
+        if db.exists() and finished_trials_in_db(db):
             break
         time.sleep(0.5)
     assert driver.poll() is None, "the suite ended before it could be interrupted"
