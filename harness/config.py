@@ -9,21 +9,74 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Rate = Field(0.0, ge=0, lt=1)
+
+
+class DropoutConfig(Strict):
+    """Rates of the dropout family (harness/models/dropout.py has the formulas)."""
+
+    input: float = Rate
+    recurrent: float = Rate
+    output: float = Rate
+    variational: bool = False
+    zoneout: float = Rate
+    zoneout_c: float = Rate
+    weight_drop: float = Rate
+
+
+class AttentionConfig(Strict):
+    """Decoder attention over encoder states, or ``self``: intra-attention in the encoder."""
+
+    type: Literal["bahdanau", "luong", "local", "self"]
+    score: Literal["dot", "general", "concat"] | None = None
+    window: int = Field(5, ge=1)
+    coverage: bool = False
+    coverage_weight: float = Field(1.0, ge=0)
+    input_feeding: bool = True
+
+    @model_validator(mode="after")
+    def check(self) -> AttentionConfig:
+        if self.type == "bahdanau" and self.score not in (None, "concat"):
+            raise ValueError("bahdanau attention is additive: leave 'score' out "
+                             f"(got score '{self.score}')")
+        if self.type == "self" and (self.score is not None or self.coverage):
+            raise ValueError("self-attention takes neither 'score' nor 'coverage'")
+        if self.coverage and not (self.type == "bahdanau" or self.score == "concat"):
+            raise ValueError("coverage works with additive scores: type bahdanau, or luong/"
+                             "local with score concat")
+        return self
+
+
 class ModelConfig(Strict):
-    """Encoder-decoder LSTM (Sutskever et al. 2014; Cho et al. 2014)."""
+    """Encoder-decoder LSTM (Sutskever et al. 2014; Cho et al. 2014) and its options."""
 
     embed: int = Field(64, ge=1)
     hidden: int = Field(128, ge=1)
     layers: int = Field(1, ge=1)
     bidirectional: bool = False
-    cell: Literal["lstm"] = "lstm"
+    cell: Literal["lstm", "layernorm"] = "lstm"
+    dropout: DropoutConfig = Field(default_factory=DropoutConfig)
+    skip: Literal["none", "residual", "residual_step", "highway", "dense"] = "none"
+    context: Literal["last", "hierarchical"] = "last"
+    combine: Literal["concat", "sum", "mean", "project"] = "concat"
+    fuse: Literal["concat", "sum", "attention"] = "concat"
+    attention: AttentionConfig | None = None
+
+    @model_validator(mode="after")
+    def check(self) -> ModelConfig:
+        att = self.attention
+        if att is not None and att.score == "dot" and self.bidirectional:
+            raise ValueError("attention score 'dot' needs equal decoder and encoder state "
+                             f"sizes ({self.hidden} vs {2 * self.hidden} with a bidirectional "
+                             "encoder): use score general or concat")
+        return self
 
 
 class TrainConfig(Strict):

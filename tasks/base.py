@@ -52,6 +52,26 @@ class Seq2SeqBatch:
                                                       self.tgt_len, self.ids)))
 
 
+@dataclass
+class ForecastBatch:
+    """Windows of a time series. ``history``: [B, S, F] with the forecast variables in its first
+    K columns; ``target``: [B, T, K] the next T values; ``covariates``: extra input streams
+    [B, S_j, F_j] (exogenous series, encoded by their own encoders and fused); ``ids``: [B]."""
+
+    history: torch.Tensor
+    target: torch.Tensor
+    covariates: list[torch.Tensor]
+    ids: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return int(self.history.shape[0])
+
+    def to(self, device: torch.device | str) -> ForecastBatch:
+        return ForecastBatch(self.history.to(device), self.target.to(device),
+                             [c.to(device) for c in self.covariates], self.ids.to(device))
+
+
 def pad_sequences(seqs: list[list[int]], append_eos: bool = False) -> tuple[torch.Tensor,
                                                                             torch.Tensor]:
     """Right-pad token lists with PAD into a LongTensor [B, max_len]; returns (tokens, lengths)."""

@@ -31,9 +31,11 @@ def test_shapes_unidirectional_and_bidirectional():
         model = Seq2Seq(cfg, task.src_vocab_size, task.tgt_vocab_size)
         logits = model(batch)
         assert logits.shape == (8, batch.tgt.shape[1], task.tgt_vocab_size)
-        context, (h, c) = model.encode(batch.src, batch.src_len)
-        assert context.shape == (8, 12 * (2 if bidirectional else 1))
-        assert h.shape == c.shape == (layers, 8, 12)
+        memory = model.encode_batch(batch.src, batch.src_len)
+        assert memory.context.shape == (8, 12 * (2 if bidirectional else 1))
+        assert memory.keys.shape == (8, batch.src.shape[1], 12 * (2 if bidirectional else 1))
+        assert len(memory.init) == layers
+        assert all(h.shape == c.shape == (8, 12) for h, c in memory.init)
         out = model.greedy(batch.src, batch.src_len, max_len=7)
         assert out.shape[0] == 8 and out.shape[1] <= 7
 
@@ -52,9 +54,10 @@ def test_encoder_ignores_padding():
     model = Seq2Seq(ModelConfig(embed=8, hidden=12), task.src_vocab_size, task.tgt_vocab_size)
     src = torch.tensor([[4, 5, 6]])
     padded = torch.tensor([[4, 5, 6, PAD, PAD]])
-    a, _ = model.encode(src, torch.tensor([3]))
-    b, _ = model.encode(padded, torch.tensor([3]))
-    torch.testing.assert_close(a, b)
+    a = model.encode_batch(src, torch.tensor([3]))
+    b = model.encode_batch(padded, torch.tensor([3]))
+    torch.testing.assert_close(a.context, b.context)
+    torch.testing.assert_close(a.keys, b.keys[:, :3])
 
 
 def test_greedy_stops_after_eos_with_padding():
@@ -62,8 +65,8 @@ def test_greedy_stops_after_eos_with_padding():
     torch.manual_seed(0)
     model = Seq2Seq(ModelConfig(embed=8, hidden=12), task.src_vocab_size, task.tgt_vocab_size)
     with torch.no_grad():  # make EOS the argmax everywhere
-        model.out.bias.fill_(-10.0)
-        model.out.bias[EOS] = 10.0
+        model.head.bias.fill_(-10.0)
+        model.head.bias[EOS] = 10.0
     batch = task.train_batch(0, 4, seed=0)
     out = model.greedy(batch.src, batch.src_len, max_len=5)
     assert out[:, 0].tolist() == [EOS] * 4

@@ -1,91 +1,338 @@
-"""The baseline encoder-decoder LSTM on nn.LSTM's fused kernel.
+"""Encoder-decoder LSTMs: tokens to tokens (:class:`Seq2Seq`) and values to values
+(:class:`Forecaster`), sharing one encoder/decoder core with every option of the zoo.
 
-Encoder (SPEC "Encoder-Decoder Framework"): h_t^enc = LSTM_enc(h_{t-1}^enc, x_t), context
-c = h_{T_x}^enc (the top layer's final state; both directions concatenated when bidirectional).
-Decoder: h_t^dec = LSTM_dec(h_{t-1}^dec, [y_{t-1}; c]) started from the encoder's final states
-(Sutskever et al. 2014; the context fed at every step as in Cho et al. 2014), and
-y^_t = softmax(W_o h_t^dec + b_o).
+Encoder (SPEC "Encoder-Decoder Framework"): h_t^enc = LSTM_enc(h_{t-1}^enc, x_t), one stack
+per input stream. Context (``model.context``): ``last`` c = h_{T_x}^enc of the top layer;
+``hierarchical`` c = combine(h_{T_x}^(1), ..., h_{T_x}^(L)) over the layers with ``combine``
+in concat | sum | mean | project (a learned linear map of the concatenation). Several input
+streams (multi-modal) are fused with ``fuse``: concat, sum (after a projection to a common size)
+or attention over modalities (softmax of v^T tanh(W c_m) over streams m).
+
+Decoder: h_t^dec = LSTM_dec(h_{t-1}^dec, [y_{t-1}; c]) started from the encoder's final states,
+y^_t = softmax(W_o h_t^dec + b_o). With attention (``model.attention``):
+- bahdanau: c_t = attend(h_{t-1}^dec); input [y_{t-1}; c_t]; output from [h_t^dec; c_t];
+- luong / local: c_t = attend(h_t^dec), h~_t = tanh(W_c [c_t; h_t]), output from h~_t, and with
+  input feeding the next input is [y_{t-1}; h~_{t-1}];
+- coverage adds lambda * sum_t sum_i min(alpha_{t,i}, c_{t,i}) to the loss (See et al. 2017);
+- self: intra-attention inside the encoder's LSTM layers (Cheng et al. 2016).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from harness.config import ModelConfig
-from tasks.base import BOS, EOS, PAD, Seq2SeqBatch
+from harness.models.attention import Attention, LuongOutput
+from harness.models.dropout import DropoutRates
+from harness.models.layers import State
+from harness.models.stack import LSTMStack
+from tasks.base import BOS, EOS, PAD, ForecastBatch, Seq2SeqBatch
 
 
-class Seq2Seq(nn.Module):
-    def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> None:
+def rates_from(cfg: ModelConfig) -> DropoutRates:
+    d = cfg.dropout
+    return DropoutRates(input=d.input, recurrent=d.recurrent, output=d.output,
+                        zoneout=d.zoneout, zoneout_c=d.zoneout_c, weight_drop=d.weight_drop,
+                        variational=d.variational)
+
+
+class Encoder(nn.Module):
+    """One input stream: its stack and its context vector."""
+
+    def __init__(self, input_size: int, cfg: ModelConfig, rates: DropoutRates) -> None:
+        super().__init__()
+        self_attention = cfg.attention is not None and cfg.attention.type == "self"
+        self.stack = LSTMStack(input_size, cfg, rates, cfg.bidirectional, self_attention)
+        self.cfg = cfg
+        width = self.stack.output_size
+        self.project = None
+        if cfg.context == "last":
+            self.context_size = width
+        elif cfg.combine == "concat":
+            self.context_size = width * cfg.layers
+        elif cfg.combine == "project":
+            self.context_size = width
+            self.project = nn.Linear(width * cfg.layers, width)
+        else:
+            self.context_size = width
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None):
+        outputs, finals = self.stack(x, lengths)
+        tops = [h for h, _ in finals]
+        if self.cfg.context == "last":
+            context = tops[-1]
+        elif self.cfg.combine == "concat":
+            context = torch.cat(tops, dim=1)
+        elif self.cfg.combine == "project":
+            context = self.project(torch.cat(tops, dim=1))
+        elif self.cfg.combine == "sum":
+            context = torch.stack(tops).sum(0)
+        else:
+            context = torch.stack(tops).mean(0)
+        return outputs, finals, context
+
+
+class ModalityFusion(nn.Module):
+    """c = fuse(c^1, ..., c^M): concat, sum of projections, or attention over modalities."""
+
+    def __init__(self, sizes: list[int], how: str, width: int) -> None:
+        super().__init__()
+        self.how = how
+        if how == "concat" or len(sizes) == 1:
+            self.how = "concat"
+            self.output_size = sum(sizes)
+            return
+        self.output_size = width
+        self.proj = nn.ModuleList(nn.Linear(s, width) for s in sizes)
+        if how == "attention":
+            self.score = nn.Sequential(nn.Linear(width, width), nn.Tanh(),
+                                       nn.Linear(width, 1, bias=False))
+
+    def forward(self, contexts: list[torch.Tensor]) -> torch.Tensor:
+        if self.how == "concat":
+            return torch.cat(contexts, dim=1)
+        projected = torch.stack([p(c) for p, c in zip(self.proj, contexts, strict=True)], 1)
+        if self.how == "sum":
+            return projected.sum(1)
+        weights = torch.softmax(self.score(projected).squeeze(-1), dim=1)  # [B, M]
+        self.last_weights = weights.detach()
+        return (weights.unsqueeze(-1) * projected).sum(1)
+
+
+@dataclass
+class Memory:
+    """What the decoder reads: encoder states of the first stream, mask, context, init."""
+
+    keys: torch.Tensor  # [B, S, D]
+    mask: torch.Tensor  # [B, S] True = real position
+    lengths: torch.Tensor  # [B]
+    context: torch.Tensor  # [B, C]
+    init: list[State]
+    proj_keys: torch.Tensor | None = None
+
+
+@dataclass
+class DecoderState:
+    states: list[State]
+    feed: torch.Tensor | None = None  # h~_{t-1} for Luong input feeding
+    coverage: torch.Tensor | None = None
+    coverage_loss: list[torch.Tensor] = field(default_factory=list)
+    alphas: list[torch.Tensor] = field(default_factory=list)
+
+
+class EncoderDecoder(nn.Module):
+    """The shared core; subclasses give embeddings, the head and the loss."""
+
+    def __init__(self, cfg: ModelConfig, stream_sizes: list[int], tgt_input_size: int,
+                 out_features: int) -> None:
         super().__init__()
         self.cfg = cfg
-        directions = 2 if cfg.bidirectional else 1
-        self.context_size = cfg.hidden * directions
+        self.rates = rates_from(cfg)
+        self.encoders = nn.ModuleList(Encoder(s, cfg, self.rates) for s in stream_sizes)
+        key_size = self.encoders[0].stack.output_size
+        self.fusion = ModalityFusion([e.context_size for e in self.encoders], cfg.fuse, key_size)
+        self.bridge = None
+        if key_size != cfg.hidden:  # bidirectional encoder -> decoder size
+            self.bridge = nn.Linear(key_size, cfg.hidden)
+        att = cfg.attention
+        self.attention = None
+        self.luong_out = None
+        if att is not None and att.type != "self":
+            query = cfg.hidden
+            self.attention = Attention(att.type, att.score, query, key_size, window=att.window,
+                                       coverage=att.coverage)
+            if att.type == "bahdanau":
+                dec_in, feat = tgt_input_size + key_size, cfg.hidden + key_size
+            else:
+                self.luong_out = LuongOutput(key_size, cfg.hidden)
+                dec_in = tgt_input_size + (cfg.hidden if att.input_feeding else 0)
+                feat = cfg.hidden
+        else:
+            dec_in, feat = tgt_input_size + self.fusion.output_size, cfg.hidden
+        self.decoder = LSTMStack(dec_in, cfg, self.rates)
+        self.head = nn.Linear(feat, out_features)
+
+    # -- encoder -------------------------------------------------------------------------
+    def encode(self, streams: list[torch.Tensor], lengths: torch.Tensor | None) -> Memory:
+        outs = [enc(x, lengths if i == 0 else None)
+                for i, (enc, x) in enumerate(zip(self.encoders, streams, strict=True))]
+        keys, finals, _ = outs[0]
+        context = self.fusion([c for _, _, c in outs])
+        batch, steps = keys.shape[:2]
+        if lengths is None:
+            lengths = torch.full((batch,), steps, dtype=torch.long, device=keys.device)
+        lengths = lengths.to(keys.device)
+        mask = torch.arange(steps, device=keys.device)[None, :] < lengths[:, None]
+        init = finals
+        if self.bridge is not None:
+            init = [(torch.tanh(self.bridge(h)), self.bridge(c)) for h, c in finals]
+        proj = self.attention.precompute(keys) if self.attention is not None else None
+        return Memory(keys, mask, lengths, context, init, proj)
+
+    # -- decoder -------------------------------------------------------------------------
+    def start(self, memory: Memory) -> DecoderState:
+        batch = memory.keys.shape[0]
+        self.decoder.begin(batch, memory.keys.device)
+        state = DecoderState(states=list(memory.init))
+        att = self.cfg.attention
+        if self.luong_out is not None and att.input_feeding:
+            state.feed = memory.keys.new_zeros(batch, self.cfg.hidden)
+        if att is not None and att.coverage:
+            state.coverage = torch.zeros_like(memory.mask, dtype=memory.keys.dtype)
+        return state
+
+    def _attend(self, query: torch.Tensor, memory: Memory, state: DecoderState):
+        context, alpha = self.attention(query, memory.keys, memory.mask, memory.proj_keys,
+                                        state.coverage, memory.lengths)
+        if state.coverage is not None:
+            state.coverage_loss.append(
+                Attention.coverage_loss(alpha, state.coverage, memory.mask))
+            state.coverage = state.coverage + alpha
+        state.alphas.append(alpha)
+        return context
+
+    def step(self, x_emb: torch.Tensor, memory: Memory, state: DecoderState) -> torch.Tensor:
+        """One decoder step from the embedded previous output; returns head features."""
+        if self.attention is None:
+            out, state.states = self.decoder.step(torch.cat([x_emb, memory.context], 1),
+                                                  state.states)
+            return out
+        if self.luong_out is None:  # bahdanau: attend with h_{t-1}
+            context = self._attend(state.states[-1][0], memory, state)
+            out, state.states = self.decoder.step(torch.cat([x_emb, context], 1), state.states)
+            return torch.cat([out, context], 1)
+        step_in = x_emb if state.feed is None else torch.cat([x_emb, state.feed], 1)
+        out, state.states = self.decoder.step(step_in, state.states)
+        attentional = self.luong_out(self._attend(out, memory, state), out)
+        if state.feed is not None:
+            state.feed = attentional
+        return attentional
+
+    def teacher_forced(self, memory: Memory, tgt_emb: torch.Tensor):
+        """Head features [B, T, F] given the true previous outputs, and the decoder state
+        (coverage losses, attention weights)."""
+        if self.attention is None:  # one call over the whole sequence: the fast path
+            steps = tgt_emb.shape[1]
+            ctx = memory.context.unsqueeze(1).expand(-1, steps, -1)
+            out, _ = self.decoder(torch.cat([tgt_emb, ctx], 2), states=memory.init)
+            return out, DecoderState(states=[])
+        state = self.start(memory)
+        feats = [self.step(tgt_emb[:, t], memory, state) for t in range(tgt_emb.shape[1])]
+        return torch.stack(feats, 1), state
+
+    def output_dropout(self, feats: torch.Tensor) -> torch.Tensor:
+        return F.dropout(feats, self.rates.output, self.training) if self.rates.output else feats
+
+    def coverage_penalty(self, state: DecoderState, token_mask: torch.Tensor) -> torch.Tensor:
+        """lambda * mean over target tokens of sum_i min(alpha_{t,i}, c_{t,i})."""
+        if not state.coverage_loss:
+            return token_mask.new_zeros((), dtype=torch.float)
+        per_step = torch.stack(state.coverage_loss, 1)  # [B, T]
+        weight = self.cfg.attention.coverage_weight
+        return weight * (per_step * token_mask).sum() / token_mask.sum().clamp(min=1)
+
+
+class Seq2Seq(EncoderDecoder):
+    """Tokens to tokens."""
+
+    def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> None:
+        super().__init__(cfg, [cfg.embed], cfg.embed, tgt_vocab)
         self.src_embed = nn.Embedding(src_vocab, cfg.embed, padding_idx=PAD)
         self.tgt_embed = nn.Embedding(tgt_vocab, cfg.embed, padding_idx=PAD)
-        self.encoder = nn.LSTM(cfg.embed, cfg.hidden, cfg.layers, batch_first=True,
-                               bidirectional=cfg.bidirectional)
-        # a bidirectional encoder's two final states per layer are mapped to the decoder's size
-        self.bridge = nn.Linear(self.context_size, cfg.hidden) if directions == 2 else None
-        self.decoder = nn.LSTM(cfg.embed + self.context_size, cfg.hidden, cfg.layers,
-                               batch_first=True)
-        self.out = nn.Linear(cfg.hidden, tgt_vocab)
 
-    def encode(self, src: torch.Tensor, src_len: torch.Tensor):
-        """Returns the context c [B, C] and the decoder's initial (h, c) [L, B, H]."""
-        packed = pack_padded_sequence(self.src_embed(src), src_len.cpu(), batch_first=True,
-                                      enforce_sorted=False)
-        _, (h_n, c_n) = self.encoder(packed)
-        if self.bridge is not None:
-            layers, batch = self.cfg.layers, src.shape[0]
-            h_n = h_n.view(layers, 2, batch, -1).transpose(1, 2).reshape(layers, batch, -1)
-            c_n = c_n.view(layers, 2, batch, -1).transpose(1, 2).reshape(layers, batch, -1)
-            context = h_n[-1]
-            h_n, c_n = torch.tanh(self.bridge(h_n)), self.bridge(c_n)
-        else:
-            context = h_n[-1]
-        return context, (h_n.contiguous(), c_n.contiguous())
+    def encode_batch(self, src: torch.Tensor, src_len: torch.Tensor) -> Memory:
+        return self.encode([self.src_embed(src)], src_len)
 
-    def decode_step(self, prev: torch.Tensor, context: torch.Tensor, state):
-        """One decoder step for every example: prev [B] token ids -> logits [B, V], state."""
-        step_in = torch.cat([self.tgt_embed(prev), context], dim=-1).unsqueeze(1)
-        out, state = self.decoder(step_in, state)
-        return self.out(out[:, 0]), state
+    def forward_with_state(self, batch: Seq2SeqBatch):
+        memory = self.encode_batch(batch.src, batch.src_len)
+        feats, state = self.teacher_forced(memory, self.tgt_embed(decoder_inputs(batch.tgt)))
+        return self.head(self.output_dropout(feats)), state
 
     def forward(self, batch: Seq2SeqBatch) -> torch.Tensor:
         """Teacher-forced logits [B, T, V]: the decoder reads y*_{t-1} (BOS first)."""
-        context, state = self.encode(batch.src, batch.src_len)
-        tgt_in = decoder_inputs(batch.tgt)
-        emb = self.tgt_embed(tgt_in)
-        steps = emb.shape[1]
-        dec_in = torch.cat([emb, context.unsqueeze(1).expand(-1, steps, -1)], dim=-1)
-        out, _ = self.decoder(dec_in, state)
-        return self.out(out)
+        return self.forward_with_state(batch)[0]
 
     def loss(self, batch: Seq2SeqBatch) -> torch.Tensor:
-        """L_TF = -sum_t log P(y_t | y*_<t, x), averaged over the batch's target tokens."""
-        logits = self(batch)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.tgt.reshape(-1),
-                               ignore_index=PAD)
+        """L_TF = -sum_t log P(y_t | y*_<t, x) per target token (+ the coverage penalty)."""
+        logits, state = self.forward_with_state(batch)
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.tgt.reshape(-1),
+                             ignore_index=PAD)
+        return ce + self.coverage_penalty(state, (batch.tgt != PAD).float())
 
     @torch.no_grad()
-    def greedy(self, src: torch.Tensor, src_len: torch.Tensor, max_len: int) -> torch.Tensor:
+    def greedy(self, src: torch.Tensor, src_len: torch.Tensor, max_len: int,
+               return_attention: bool = False):
         """Free-running greedy decoding: y^_t = argmax P(y | y^_<t, x); [B, <= max_len]."""
-        context, state = self.encode(src, src_len)
+        memory = self.encode_batch(src, src_len)
+        state = self.start(memory)
         prev = torch.full((src.shape[0],), BOS, dtype=torch.long, device=src.device)
         done = torch.zeros_like(prev, dtype=torch.bool)
         tokens = []
         for _ in range(max_len):
-            logits, state = self.decode_step(prev, context, state)
-            prev = logits.argmax(-1).masked_fill(done, PAD)
+            feats = self.step(self.tgt_embed(prev), memory, state)
+            prev = self.head(feats).argmax(-1).masked_fill(done, PAD)
             tokens.append(prev)
             done |= prev == EOS
             if bool(done.all()):
                 break
-        return torch.stack(tokens, dim=1)
+        out = torch.stack(tokens, dim=1)
+        if return_attention:
+            alphas = torch.stack(state.alphas, 1) if state.alphas else None
+            return out, alphas
+        return out
+
+
+class Forecaster(EncoderDecoder):
+    """Values to values: history (+ covariate streams) -> the next ``horizon`` steps.
+
+    The first ``targets`` columns of the history are the forecast variables; the decoder reads
+    the previous value y_{t-1} (the last observed value first) through a linear map.
+    """
+
+    def __init__(self, cfg: ModelConfig, history_features: int, targets: int,
+                 covariate_features: list[int] | None = None) -> None:
+        streams = [history_features, *(covariate_features or [])]
+        super().__init__(cfg, [cfg.embed] * len(streams), cfg.embed, targets)
+        self.targets = targets
+        self.inputs = nn.ModuleList(nn.Linear(f, cfg.embed) for f in streams)
+        self.tgt_proj = nn.Linear(targets, cfg.embed)
+
+    def encode_batch(self, batch: ForecastBatch) -> Memory:
+        streams = [batch.history, *batch.covariates]
+        return self.encode([proj(x) for proj, x in zip(self.inputs, streams, strict=True)],
+                           None)
+
+    def forward_with_state(self, batch: ForecastBatch):
+        memory = self.encode_batch(batch)
+        last = batch.history[:, -1:, : self.targets]
+        prev = torch.cat([last, batch.target[:, :-1]], dim=1)  # y*_{t-1}
+        feats, state = self.teacher_forced(memory, self.tgt_proj(prev))
+        return self.head(self.output_dropout(feats)), state
+
+    def forward(self, batch: ForecastBatch) -> torch.Tensor:
+        return self.forward_with_state(batch)[0]
+
+    def loss(self, batch: ForecastBatch) -> torch.Tensor:
+        """Mean squared error of the teacher-forced predictions (+ the coverage penalty)."""
+        pred, state = self.forward_with_state(batch)
+        steps = torch.ones(pred.shape[:2], device=pred.device)
+        return F.mse_loss(pred, batch.target) + self.coverage_penalty(state, steps)
+
+    @torch.no_grad()
+    def free_running(self, batch: ForecastBatch, horizon: int) -> torch.Tensor:
+        """Predict ``horizon`` steps feeding back each prediction: [B, horizon, targets]."""
+        memory = self.encode_batch(batch)
+        state = self.start(memory)
+        prev = batch.history[:, -1, : self.targets]
+        preds = []
+        for _ in range(horizon):
+            prev = self.head(self.step(self.tgt_proj(prev), memory, state))
+            preds.append(prev)
+        return torch.stack(preds, 1)
 
 
 def decoder_inputs(tgt: torch.Tensor) -> torch.Tensor:

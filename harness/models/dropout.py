@@ -1,0 +1,78 @@
+"""The dropout family of recurrent layers, with rates that can change during training.
+
+Every recurrent layer of a model shares one :class:`DropoutRates` object; changing its fields
+in place (``set_dropout_rates``) changes every dropout of the model at once, which is how a
+dropout schedule p_t = p_0 exp(-lambda t) is applied.
+
+- input / output: dropout on each layer's input x_t (the first layer's) and output h_t
+  (every layer's, so between layers and before the output layer); per step and unit, or with
+  ``variational`` one mask per sequence reused at every step (Gal & Ghahramani 2016).
+- recurrent: dropout on h_{t-1} where it enters the gates, h_t = LSTM(m^h * h_{t-1}, x_t)
+  (per step, or one mask per sequence with ``variational``).
+- zoneout (Krueger et al. 2016): h_t = d * h_{t-1} + (1 - d) * h~_t with d ~ Bernoulli(p) per
+  unit and step in training and the expectation p h_{t-1} + (1 - p) h~_t at evaluation; the
+  same on c_t with ``zoneout_c``.
+- weight_drop (Merity et al. 2017): DropConnect on the hidden-to-hidden matrix W_hh, one mask
+  per forward pass shared by every step and example.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+
+
+@dataclass
+class DropoutRates:
+    input: float = 0.0
+    recurrent: float = 0.0
+    output: float = 0.0
+    zoneout: float = 0.0
+    zoneout_c: float = 0.0
+    weight_drop: float = 0.0
+    variational: bool = False
+
+    def needs_custom_step(self) -> bool:
+        """Recurrent dropout and zoneout act inside the recurrence (no fused kernel)."""
+        return self.recurrent > 0 or self.zoneout > 0 or self.zoneout_c > 0
+
+
+def set_dropout_rates(model: nn.Module, **rates: float) -> None:
+    """Change dropout rates of every recurrent layer of ``model`` in place."""
+    allowed = {f.name for f in fields(DropoutRates)}
+    for name in rates:
+        if name not in allowed:
+            raise ValueError(f"unknown dropout rate '{name}'; allowed: {', '.join(allowed)}")
+    seen: set[int] = set()
+    for module in model.modules():
+        shared = getattr(module, "rates", None)
+        if isinstance(shared, DropoutRates) and id(shared) not in seen:
+            seen.add(id(shared))
+            for name, value in rates.items():
+                setattr(shared, name, value)
+
+
+def bernoulli_mask(shape: tuple[int, ...], p: float, like: torch.Tensor) -> torch.Tensor:
+    """Inverted-dropout mask: 0 with probability p, else 1 / (1 - p)."""
+    return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1 - p) / (1 - p)
+
+
+def sequence_dropout(x: torch.Tensor, p: float, variational: bool, training: bool) -> torch.Tensor:
+    """Dropout on a [B, T, F] sequence: per element, or one [B, 1, F] mask per sequence."""
+    if not training or p <= 0:
+        return x
+    if variational:
+        return x * bernoulli_mask((x.shape[0], 1, x.shape[2]), p, x)
+    return nn.functional.dropout(x, p, training=True)
+
+
+def zoneout(prev: torch.Tensor, new: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """h_t = d * h_{t-1} + (1 - d) * h~_t, d ~ Bernoulli(p); at evaluation the expectation."""
+    if p <= 0:
+        return new
+    if training:
+        keep_prev = torch.empty_like(new).bernoulli_(p)
+        return torch.lerp(new, prev, keep_prev)
+    return torch.lerp(new, prev, p)
