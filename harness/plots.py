@@ -55,3 +55,21 @@ def learning_curves(tracking_uri: str, runs: pd.DataFrame, row_of: dict[str, str
     fig.savefig(out_path, dpi=120)
     plt.close(fig)
     return out_path
+
+
+def attention_heatmap(alpha: np.ndarray, source: list[str], output: list[str],
+                      out_path: Path, title: str = "") -> Path:
+    """Attention weights alpha [T_out, T_src] of one decoded example as a heatmap."""
+    fig, ax = plt.subplots(figsize=(1.0 + 0.35 * len(source), 1.0 + 0.35 * len(output)))
+    ax.imshow(alpha, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(source)), source, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(output)), output, fontsize=7)
+    ax.set_xlabel("source position")
+    ax.set_ylabel("output step")
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path

@@ -20,6 +20,7 @@ import torch
 
 from harness import run_schema as rs
 from harness.config import TrialConfig
+from harness.models.factory import build_model
 from harness.models.seq2seq import Seq2Seq, count_parameters
 from harness.registry import load_task_class
 from harness.tracking import TrialTracker
@@ -84,7 +85,7 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
     task = task_cls(task_cls.Params.model_validate(trial["task"]["params"]))
 
     torch.manual_seed(trial["seed"])
-    model = Seq2Seq(cfg.model, task.src_vocab_size, task.tgt_vocab_size).to(device)
+    model = build_model(cfg.model, task).to(device)
     optimizer = make_optimizer(model.parameters(), cfg.train)
     state = TrainState()
     tracker = None
@@ -126,6 +127,8 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
         })
         if tracker is not None:
             tracker.log_metrics(final, state.step)
+            if model.attention is not None:
+                log_attention_figure(model, task, device, tracker)
             tracker.finish()
     except BaseException as exc:
         if tracker is not None:
@@ -134,6 +137,24 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
     if report is not None:
         report({"step": state.step, "done": 1.0, **final}, None)
     return final
+
+
+def log_attention_figure(model: Seq2Seq, task, device: torch.device,
+                         tracker: TrialTracker) -> None:
+    """The attention heatmap of the first validation example, as a PNG artifact."""
+    from harness.plots import attention_heatmap
+
+    batch = next(iter(task.eval_batches("valid", 1))).to(device)
+    model.eval()
+    tokens, alpha = model.greedy(batch.src, batch.src_len, task.max_target_len + 1,
+                                 return_attention=True)
+    length = int(batch.src_len[0])
+    source = [str(t) for t in batch.src[0, :length].tolist()]
+    output = [str(t) for t in tokens[0].tolist()]
+    with tempfile.TemporaryDirectory() as folder:
+        path = attention_heatmap(alpha[0, :, :length].cpu().numpy(), source, output,
+                                 Path(folder) / "attention.png", title="first validation example")
+        tracker.client.log_artifact(tracker.run_id, str(path))
 
 
 def tune_trainable(config: dict[str, Any], runtime: Runtime) -> None:
