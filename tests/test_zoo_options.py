@@ -83,3 +83,31 @@ def test_attention_heatmap_is_logged_to_mlflow(trials, tmp_path):
     assert "attention.png" in [a.path for a in client.list_artifacts(run.info.run_id)]
     local = client.download_artifacts(run.info.run_id, "attention.png", str(tmp_path))
     assert Path(local).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_option_trains_in_the_forecaster(trials, option):
+    """The same options drive the forecaster (values in, values out, one covariate stream)."""
+    import torch
+
+    from harness.config import ModelConfig
+    from harness.models.seq2seq import Forecaster
+    from tasks.base import ForecastBatch
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.model_validate(trials[option]["config"]["model"])
+    model = Forecaster(cfg, history_features=2, targets=1, covariate_features=[3])
+    t = torch.linspace(0, 6, 16)
+    series = torch.sin(t + torch.rand(8, 1) * 3)  # [8, 16] phase-shifted sines
+    history = torch.stack([series[:, :12], torch.cos(t[:12]).expand(8, -1)], dim=-1)
+    batch = ForecastBatch(history, series[:, 12:, None], [torch.randn(8, 12, 3)],
+                          torch.arange(8))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        loss = model.loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert torch.isfinite(loss)
+    model.eval()
+    assert model.free_running(batch, 4).shape == (8, 4, 1)

@@ -1,0 +1,223 @@
+"""Training speed and memory of every LSTMStack cell / regulariser / skip variant vs nn.LSTM.
+
+    python benchmarks/cells.py [--quick] [--only NAME ...] [--no-write]
+
+Each variant is built through ``ModelConfig`` (the stack picks the fused kernel or the custom
+time loop itself; the "path" column says which it took) and timed on forward + backward in
+training mode: x [B, T, X] (requires grad, as embeddings below it would) -> outputs, then
+``outputs.backward(g)`` with a fixed random g; gradients are dropped (set to None) between
+repeats, as ``zero_grad`` does. tokens/s = B * T / median seconds per forward + backward, after
+a warm-up. The ratio is to nn.LSTM with the same layers / directions at the same size, measured
+in the same run.
+
+Peak MB: every (variant, size) runs in a fresh subprocess (glibc's mmap threshold pinned so freed
+tensors go back to the OS); after the warm-up, VmHWM is reset by writing 5 to
+/proc/self/clear_refs, one more forward + backward runs, and peak MB = VmHWM - VmRSS at the reset
+(activations, saved tensors and gradients of that step; the weights are not counted).
+
+The table is printed and written to benchmarks/results/cells.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SIZES = [(64, 50, 256), (32, 100, 64)]  # (B, T, X = H)
+THREADS = 2
+RESULTS = Path(__file__).resolve().parent / "results" / "cells.md"
+
+# name -> (ModelConfig overrides, baseline nn.LSTM: (layers, bidirectional), note)
+VARIANTS: dict[str, tuple[dict, tuple[int, bool], str]] = {
+    "lstm": ({}, (1, False), ""),
+    "layernorm": ({"cell": "layernorm"}, (1, False), ""),
+    "dropout_io": ({"dropout": {"input": 0.3, "output": 0.3}}, (1, False), "p = 0.3"),
+    "dropout_io_variational": (
+        {"dropout": {"input": 0.3, "output": 0.3, "variational": True}}, (1, False), "p = 0.3"),
+    "recurrent": ({"dropout": {"recurrent": 0.25}}, (1, False), "p = 0.25, per step"),
+    "recurrent_variational": (
+        {"dropout": {"recurrent": 0.25, "variational": True}}, (1, False),
+        "p = 0.25, one mask per sequence"),
+    "zoneout_hc": ({"dropout": {"zoneout": 0.1, "zoneout_c": 0.1}}, (1, False),
+                   "p = 0.1 on h and on c"),
+    "weight_drop": ({"dropout": {"weight_drop": 0.5}}, (1, False), "p = 0.5"),
+    "highway": ({"skip": "highway"}, (1, False), ""),
+    "residual_step": ({"skip": "residual_step"}, (1, False), ""),
+    "residual": ({"skip": "residual", "layers": 2}, (2, False), "2 layers"),
+    "dense": ({"skip": "dense", "layers": 2}, (2, False), "2 layers"),
+    "bidirectional": ({"bidirectional": True}, (1, True), ""),
+    "bidirectional_layernorm": ({"bidirectional": True, "cell": "layernorm"}, (1, True), ""),
+    "self_attention": ({"attention": {"type": "self"}}, (1, False), "attention type self"),
+}
+
+
+def build(name: str, hidden: int):
+    """The module for a variant name, or nn.LSTM for 'nn.LSTM:<layers>:<bi>'; and its path."""
+    from torch import nn
+
+    if name.startswith("nn.LSTM"):
+        _, layers, bi = name.split(":")
+        return nn.LSTM(hidden, hidden, int(layers), batch_first=True,
+                       bidirectional=bi == "True"), "nn.LSTM"
+    from harness.config import ModelConfig
+    from harness.models.layers import FusedLSTMLayer
+    from harness.models.seq2seq import rates_from
+    from harness.models.stack import LSTMStack
+
+    cfg = ModelConfig(hidden=hidden, embed=hidden, **VARIANTS[name][0])
+    self_attention = cfg.attention is not None and cfg.attention.type == "self"
+    stack = LSTMStack(hidden, cfg, rates_from(cfg), cfg.bidirectional, self_attention)
+    fused = all(isinstance(layer, FusedLSTMLayer) for layer in stack.layers)
+    return stack, "fused" if fused else "custom"
+
+
+def rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def measure(name: str, size: tuple[int, int, int], budget_s: float) -> dict:
+    """Runs in its own process: tokens/s and peak MB of one (variant, size)."""
+    import torch
+
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+    batch, steps, hidden = size
+    module, path = build(name, hidden)
+    module.train()
+    x = torch.randn(batch, steps, hidden, requires_grad=True)
+
+    def fwd_bwd() -> None:
+        out = module(x)[0]
+        out.backward(grad)
+        x.grad = None
+        for p in module.parameters():
+            p.grad = None
+
+    with torch.no_grad():
+        grad = torch.randn_like(module(x)[0])
+    started = time.perf_counter()
+    warm = 0
+    while warm < 3 or (time.perf_counter() - started < 0.5 and warm < 20):
+        fwd_bwd()
+        warm += 1
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - started < budget_s and len(times) < 30):
+        t0 = time.perf_counter()
+        fwd_bwd()
+        times.append(time.perf_counter() - t0)
+
+    Path("/proc/self/clear_refs").write_text("5")
+    base = rss_kb("VmRSS")
+    fwd_bwd()
+    peak_mb = (rss_kb("VmHWM") - base) / 1024
+    median = statistics.median(times)
+    return {"name": name, "path": path, "size": list(size), "tokens_s": batch * steps / median,
+            "repeats": len(times), "peak_mb": peak_mb}
+
+
+def run_one(name: str, size: tuple[int, int, int], budget_s: float) -> dict:
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(THREADS)}
+    root = Path(__file__).resolve().parent.parent
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, __file__, "--child", name, ",".join(map(str, size)),
+           "--budget", str(budget_s)]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def baseline_name(variant: str) -> str:
+    layers, bi = VARIANTS[variant][1]
+    return f"nn.LSTM:{layers}:{bi}"
+
+
+def machine_line() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+            f"Python {platform.python_version()}, {THREADS} threads, "
+            f"load average {load:.2f} at start")
+
+
+def table(rows: dict, variants: list[str]) -> str:
+    sizes = [tuple(s) for s in SIZES]
+    head = ["variant", "path"]
+    for b, t, h in sizes:
+        head += [f"tok/s B={b} T={t} H={h}", "x nn.LSTM"]
+    head += [f"peak MB (H={sizes[0][2]})", f"peak MB (H={sizes[1][2]})", "notes"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    baselines = sorted({baseline_name(v) for v in variants})
+    for name in baselines + variants:
+        cells = [f"{name}", rows[(name, sizes[0])]["path"]]
+        for size in sizes:
+            r = rows[(name, size)]
+            base = rows[(baseline_name(name), size)] if name in VARIANTS else r
+            cells += [f"{r['tokens_s']:,.0f}", f"{r['tokens_s'] / base['tokens_s']:.2f}"]
+        cells += [f"{rows[(name, s)]['peak_mb']:.0f}" for s in sizes]
+        cells.append(VARIANTS[name][2] if name in VARIANTS else "baseline")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="variant names (default: all)")
+    parser.add_argument("--budget", type=float, default=2.0, help="timing seconds per run")
+    parser.add_argument("--quick", action="store_true", help="budget 0.7 s per run")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        size = tuple(int(v) for v in args.child[1].split(","))
+        print(json.dumps(measure(args.child[0], size, args.budget)))
+        return
+    budget = 0.7 if args.quick else args.budget
+    variants = args.only or list(VARIANTS)
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
+    machine = machine_line()
+    started = time.perf_counter()
+    rows = {}
+    names = sorted({baseline_name(v) for v in variants}) + variants
+    for name in names:
+        for size in SIZES:
+            r = run_one(name, size, budget)
+            rows[(name, size)] = r
+            print(f"{name:26s} {r['path']:8s} B,T,H={size}: {r['tokens_s']:9,.0f} tok/s "
+                  f"({r['repeats']} repeats), peak {r['peak_mb']:.0f} MB", file=sys.stderr)
+    text = table(rows, variants)
+    command = "python " + " ".join(["benchmarks/cells.py"] + sys.argv[1:])
+    report = (f"# LSTMStack cell variants vs nn.LSTM: forward + backward training speed\n\n"
+              f"Machine: {machine}.\n\nCommand: `{command}` "
+              f"({time.perf_counter() - started:.0f} s).\n\n"
+              f"1 layer unless the notes say otherwise; each ratio is to the nn.LSTM row with the "
+              f"same layers and directions at the same size. Method: see the docstring of "
+              f"benchmarks/cells.py.\n\n{text}\n")
+    print(report)
+    if not args.no_write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(report)
+
+
+if __name__ == "__main__":
+    main()
