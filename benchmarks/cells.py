@@ -10,10 +10,10 @@ repeats, as ``zero_grad`` does. tokens/s = B * T / median seconds per forward + 
 a warm-up. The ratio is to nn.LSTM with the same layers / directions at the same size, measured
 in the same run.
 
-Peak MB: every (variant, size) runs in a fresh subprocess (glibc's mmap threshold pinned so freed
-tensors go back to the OS); after the warm-up, VmHWM is reset by writing 5 to
-/proc/self/clear_refs, one more forward + backward runs, and peak MB = VmHWM - VmRSS at the reset
-(activations, saved tensors and gradients of that step; the weights are not counted).
+Peak MB: every (variant, size) runs in a fresh subprocess. After the timing, glibc's free memory
+is handed back to the OS (malloc_trim), VmHWM is reset by writing 5 to /proc/self/clear_refs, one
+more forward + backward runs, and peak MB = VmHWM - VmRSS at the reset (activations, saved
+tensors and gradients of that step, plus allocator fragmentation; the weights are not counted).
 
 The table is printed and written to benchmarks/results/cells.md.
 """
@@ -21,6 +21,7 @@ The table is printed and written to benchmarks/results/cells.md.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -117,6 +118,7 @@ def measure(name: str, size: tuple[int, int, int], budget_s: float) -> dict:
         fwd_bwd()
         times.append(time.perf_counter() - t0)
 
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")
     base = rss_kb("VmRSS")
     fwd_bwd()
@@ -127,7 +129,7 @@ def measure(name: str, size: tuple[int, int, int], budget_s: float) -> dict:
 
 
 def run_one(name: str, size: tuple[int, int, int], budget_s: float) -> dict:
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(THREADS)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
     root = Path(__file__).resolve().parent.parent
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     cmd = [sys.executable, __file__, "--child", name, ",".join(map(str, size)),

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+from harness.strict import Strict
+from harness.training.clipping import ClipConfig
+from harness.training.curriculum import CurriculumConfig
+from harness.training.losses import LossConfig
+from harness.training.lr_schedules import LRScheduleConfig
+from harness.training.schedules import DropoutScheduleConfig, SamplingConfig
 
 Rate = Field(0.0, ge=0, lt=1)
 
@@ -80,7 +82,8 @@ class ModelConfig(Strict):
 
 
 class TrainConfig(Strict):
-    """Teacher-forced training: ``steps`` optimizer updates on batches of ``batch_size``."""
+    """``steps`` optimizer updates on batches of ``batch_size``, with the training techniques
+    (scheduled sampling, curricula, losses, clipping, learning-rate and dropout schedules)."""
 
     steps: int = Field(2000, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -91,6 +94,12 @@ class TrainConfig(Strict):
     eval_every: int = Field(200, ge=1)
     eval_batch_size: int = Field(256, ge=1)
     log_every: int = Field(20, ge=1)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    clip: ClipConfig = Field(default_factory=ClipConfig)
+    lr_schedule: LRScheduleConfig = Field(default_factory=LRScheduleConfig)
+    dropout_schedule: DropoutScheduleConfig = Field(default_factory=DropoutScheduleConfig)
 
 
 class TrialConfig(Strict):

@@ -27,6 +27,7 @@ from harness.tracking import TrialTracker
 from harness.training.evaluate import evaluate
 from harness.training.loop import TrainState, train
 from harness.training.optim import make_optimizer
+from harness.training.techniques import Techniques
 
 CHECKPOINT_FILE = "trial.pt"
 
@@ -88,6 +89,7 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
     model = build_model(cfg.model, task).to(device)
     optimizer = make_optimizer(model.parameters(), cfg.train)
     state = TrainState()
+    techniques = Techniques(cfg.train, model, optimizer, task)
     tracker = None
     if runtime.tracking_uri is not None:
         tracker = TrialTracker(runtime.tracking_uri, runtime.experiment_id, runtime.parent_run_id)
@@ -95,6 +97,7 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         state = TrainState(**resume["state"])
+        techniques.load_state_dict(resume["techniques"])
         torch.set_rng_state(resume["rng"])
         started -= resume["elapsed"]
     if tracker is not None:
@@ -112,11 +115,13 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
             report({"step": state.step, **valid}, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "state": state.as_dict(), "rng": torch.get_rng_state(),
+                "techniques": techniques.state_dict(),
                 "elapsed": time.perf_counter() - started,
                 "mlflow_run_id": tracker.run_id if tracker else None})
 
     try:
-        train(model, optimizer, task, cfg.train, trial["seed"], state, device, on_log, on_eval)
+        train(model, optimizer, task, cfg.train, trial["seed"], state, device, techniques,
+              on_log, on_eval)
         test = evaluate(model, task, "test", cfg.train.eval_batch_size, device)
         final = {f"{rs.TEST_PREFIX}{k}": v for k, v in test.items()}
         final.update({

@@ -85,6 +85,19 @@ def pad_sequences(seqs: list[list[int]], append_eos: bool = False) -> tuple[torc
     return out, lengths
 
 
+def concat_batches(batches: list[Seq2SeqBatch]) -> Seq2SeqBatch:
+    """One batch from several (re-padded to the longest source and target)."""
+    def cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+        width = max(t.shape[1] for t in tensors)
+        return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=PAD)
+                          for t in tensors])
+    return Seq2SeqBatch(src=cat([b.src for b in batches]),
+                        src_len=torch.cat([b.src_len for b in batches]),
+                        tgt=cat([b.tgt for b in batches]),
+                        tgt_len=torch.cat([b.tgt_len for b in batches]),
+                        ids=torch.cat([b.ids for b in batches]))
+
+
 def strip_special(ids: list[int]) -> list[int]:
     """Cut a decoded sequence at its first EOS and drop PAD/BOS."""
     out: list[int] = []
@@ -129,10 +142,26 @@ class Task(ABC):
     def max_target_len(self) -> int:
         """Longest target (without EOS): free-running decoding stops after this + 1 steps."""
 
+    @property
+    def length_bounds(self) -> tuple[int, int]:
+        """(shortest, longest) target length of training examples, for length curricula."""
+        return 1, self.max_target_len
+
+    def clip_lengths(self, lengths: tuple[int, int] | None) -> tuple[int, int]:
+        """Intersect requested (shortest, longest) target lengths with the task's bounds."""
+        lo, hi = self.length_bounds
+        if lengths is None:
+            return lo, hi
+        want_lo, want_hi = lengths
+        lo, hi = max(lo, want_lo), min(hi, want_hi)
+        return (lo, hi) if lo <= hi else (self.length_bounds[0],) * 2
+
     @abstractmethod
-    def train_batch(self, step: int, batch_size: int, seed: int) -> Seq2SeqBatch:
-        """The training batch for ``step``; a pure function of (step, batch_size, seed), so a
-        resumed trial sees exactly the batches it would have seen."""
+    def train_batch(self, step: int, batch_size: int, seed: int,
+                    lengths: tuple[int, int] | None = None) -> Seq2SeqBatch:
+        """The training batch for ``step``; a pure function of its arguments, so a resumed
+        trial sees exactly the batches it would have seen. ``lengths``: only examples whose
+        target length lies in [shortest, longest] (curricula; see :meth:`clip_lengths`)."""
 
     @abstractmethod
     def eval_batches(self, split: Literal["valid", "test"],

@@ -112,17 +112,21 @@ class CopyTask(Task):
             return list(x), list(reversed(x))
         return list(x) + [self.blank_id] * self.params.delay + [self.delimiter_id], list(x)
 
-    def _sample_one(self, g: torch.Generator) -> list[int]:
+    def _sample_one(self, g: torch.Generator, bounds: tuple[int, int] | None = None
+                    ) -> list[int]:
         """One content sequence drawn from ``g``."""
         p = self.params
-        length = int(torch.randint(p.min_len, p.max_len + 1, (1,), generator=g))
+        lo, hi = bounds or (p.min_len, p.max_len)
+        length = int(torch.randint(lo, hi + 1, (1,), generator=g))
         return torch.randint(N_SPECIAL, N_SPECIAL + p.vocab, (length,), generator=g).tolist()
 
-    def _sample(self, n: int, g: torch.Generator) -> list[list[int]]:
+    def _sample(self, n: int, g: torch.Generator, bounds: tuple[int, int] | None = None
+                ) -> list[list[int]]:
         """``n`` content sequences drawn from ``g`` (vectorised over the batch)."""
         p = self.params
-        lengths = torch.randint(p.min_len, p.max_len + 1, (n,), generator=g).tolist()
-        symbols = torch.randint(N_SPECIAL, N_SPECIAL + p.vocab, (n, p.max_len),
+        lo, hi = bounds or (p.min_len, p.max_len)
+        lengths = torch.randint(lo, hi + 1, (n,), generator=g).tolist()
+        symbols = torch.randint(N_SPECIAL, N_SPECIAL + p.vocab, (n, hi),
                                 generator=g).tolist()
         return [row[:length] for row, length in zip(symbols, lengths, strict=True)]
 
@@ -160,15 +164,26 @@ class CopyTask(Task):
 
     # ------------------------------------------------------------------ Task API
 
-    def train_batch(self, step: int, batch_size: int, seed: int) -> Seq2SeqBatch:
+    @property
+    def length_bounds(self) -> tuple[int, int]:
+        return self.params.min_len, self.params.max_len
+
+    def train_batch(self, step: int, batch_size: int, seed: int,
+                    lengths: tuple[int, int] | None = None) -> Seq2SeqBatch:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        bounds = self.clip_lengths(lengths)
         held = self._held_out_set()
         g = torch.Generator().manual_seed(_mix_seed(seed, step))
-        xs = self._sample(batch_size, g)
+        xs = self._sample(batch_size, g, bounds)
         for i, x in enumerate(xs):
+            tries = 0
             while tuple(x) in held:
-                x = self._sample_one(g)
+                tries += 1
+                if tries > 10_000:
+                    raise ValueError(f"lengths {bounds} leave no training sequence outside "
+                                     "the valid and test splits")
+                x = self._sample_one(g, bounds)
             xs[i] = x
         return self._batch(xs, torch.full((batch_size,), -1, dtype=torch.long))
 

@@ -9,6 +9,7 @@ from harness.models.seq2seq import Seq2Seq, count_parameters, decoder_inputs
 from harness.training.evaluate import evaluate
 from harness.training.loop import TrainState, train
 from harness.training.optim import make_optimizer
+from harness.training.techniques import Techniques
 from tasks.base import BOS, EOS, PAD
 from tasks.copy import CopyParams, CopyTask
 
@@ -81,8 +82,10 @@ def test_short_training_run_learns():
     losses: list[float] = []
     evals: list[dict] = []
     before = evaluate(model, task, "valid", 64, torch.device("cpu"))
-    train(model, make_optimizer(model.parameters(), cfg), task, cfg, seed=0, state=TrainState(),
-          device=torch.device("cpu"), on_log=lambda s, m: losses.append(m["train.loss"]),
+    optimizer = make_optimizer(model.parameters(), cfg)
+    train(model, optimizer, task, cfg, seed=0, state=TrainState(), device=torch.device("cpu"),
+          techniques=Techniques(cfg, model, optimizer, task),
+          on_log=lambda s, m: losses.append(m["train.loss"]),
           on_eval=lambda s, m: evals.append(m))
     assert len(losses) == 15 and len(evals) == 1
     assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3

@@ -30,6 +30,7 @@ from harness.models.attention import Attention, LuongOutput
 from harness.models.dropout import DropoutRates
 from harness.models.layers import State
 from harness.models.stack import LSTMStack
+from harness.training.losses import LossConfig, sequence_loss
 from tasks.base import BOS, EOS, PAD, ForecastBatch, Seq2SeqBatch
 
 
@@ -122,6 +123,7 @@ class DecoderState:
     coverage: torch.Tensor | None = None
     coverage_loss: list[torch.Tensor] = field(default_factory=list)
     alphas: list[torch.Tensor] = field(default_factory=list)
+    truth_fraction: float = 1.0  # share of decoder inputs that were ground truth
 
 
 class EncoderDecoder(nn.Module):
@@ -224,6 +226,36 @@ class EncoderDecoder(nn.Module):
         feats = [self.step(tgt_emb[:, t], memory, state) for t in range(tgt_emb.shape[1])]
         return torch.stack(feats, 1), state
 
+    def scheduled_sampling(self, memory: Memory, truth: torch.Tensor, eps: float,
+                           embed, predict, real: torch.Tensor) -> tuple[torch.Tensor,
+                                                                        DecoderState]:
+        """Scheduled sampling (Bengio et al. 2015): at every step and for every example the
+        decoder reads the ground truth y*_{t-1} with probability eps, else the model's own
+        previous prediction ``predict(output)`` (no gradient through the choice).
+
+        truth: the teacher-forced decoder inputs [B, T(, K)]; real: [B, T] bool, positions whose
+        input counts (padding excluded). Returns head outputs [B, T, ...] and the state, whose
+        ``truth_fraction`` is the share of counted inputs that were ground truth.
+        """
+        state = self.start(memory)
+        batch, steps = truth.shape[:2]
+        prev = truth[:, 0]
+        outputs = []
+        from_truth = counted = 0
+        for t in range(steps):
+            out = self.head(self.output_dropout(self.step(embed(prev), memory, state)))
+            outputs.append(out)
+            if t + 1 == steps:
+                break
+            coin = torch.rand(batch, device=truth.device) < eps
+            coin_b = coin.view(batch, *([1] * (truth.dim() - 2)))
+            prev = torch.where(coin_b, truth[:, t + 1], predict(out.detach()))
+            counted_now = real[:, t + 1]
+            from_truth += int((coin & counted_now).sum())
+            counted += int(counted_now.sum())
+        state.truth_fraction = from_truth / counted if counted else 1.0
+        return torch.stack(outputs, 1), state
+
     def output_dropout(self, feats: torch.Tensor) -> torch.Tensor:
         return F.dropout(feats, self.rates.output, self.training) if self.rates.output else feats
 
@@ -247,10 +279,30 @@ class Seq2Seq(EncoderDecoder):
     def encode_batch(self, src: torch.Tensor, src_len: torch.Tensor) -> Memory:
         return self.encode([self.src_embed(src)], src_len)
 
-    def forward_with_state(self, batch: Seq2SeqBatch):
+    def forward_with_state(self, batch: Seq2SeqBatch, eps: float = 1.0,
+                           feed: str = "argmax"):
+        """Logits [B, T, V] and the decoder state; ``eps`` < 1: scheduled sampling, feeding
+        back the ``argmax`` or a ``sample`` of the model's previous output."""
         memory = self.encode_batch(batch.src, batch.src_len)
-        feats, state = self.teacher_forced(memory, self.tgt_embed(decoder_inputs(batch.tgt)))
-        return self.head(self.output_dropout(feats)), state
+        truth = decoder_inputs(batch.tgt)
+        if eps >= 1.0:
+            feats, state = self.teacher_forced(memory, self.tgt_embed(truth))
+            return self.head(self.output_dropout(feats)), state
+
+        def predict(logits: torch.Tensor) -> torch.Tensor:
+            if feed == "sample":
+                return torch.multinomial(torch.softmax(logits, -1), 1).squeeze(1)
+            return logits.argmax(-1)
+        return self.scheduled_sampling(memory, truth, eps, self.tgt_embed, predict,
+                                       truth != PAD)
+
+    def training_loss(self, batch: Seq2SeqBatch, loss_cfg: LossConfig, eps: float = 1.0,
+                      feed: str = "argmax"):
+        """The configured token loss (cross entropy with label smoothing, or sequence focal
+        loss) + the coverage penalty; returns (loss, logits, decoder state)."""
+        logits, state = self.forward_with_state(batch, eps, feed)
+        loss = sequence_loss(loss_cfg, logits, batch.tgt, PAD, lengths=batch.tgt_len)
+        return loss + self.coverage_penalty(state, (batch.tgt != PAD).float()), logits, state
 
     def forward(self, batch: Seq2SeqBatch) -> torch.Tensor:
         """Teacher-forced logits [B, T, V]: the decoder reads y*_{t-1} (BOS first)."""
@@ -306,12 +358,16 @@ class Forecaster(EncoderDecoder):
         return self.encode([proj(x) for proj, x in zip(self.inputs, streams, strict=True)],
                            None)
 
-    def forward_with_state(self, batch: ForecastBatch):
+    def forward_with_state(self, batch: ForecastBatch, eps: float = 1.0):
+        """Predictions [B, T, K]; ``eps`` < 1: scheduled sampling on the previous values."""
         memory = self.encode_batch(batch)
         last = batch.history[:, -1:, : self.targets]
         prev = torch.cat([last, batch.target[:, :-1]], dim=1)  # y*_{t-1}
-        feats, state = self.teacher_forced(memory, self.tgt_proj(prev))
-        return self.head(self.output_dropout(feats)), state
+        if eps >= 1.0:
+            feats, state = self.teacher_forced(memory, self.tgt_proj(prev))
+            return self.head(self.output_dropout(feats)), state
+        real = torch.ones(prev.shape[:2], dtype=torch.bool, device=prev.device)
+        return self.scheduled_sampling(memory, prev, eps, self.tgt_proj, lambda out: out, real)
 
     def forward(self, batch: ForecastBatch) -> torch.Tensor:
         return self.forward_with_state(batch)[0]

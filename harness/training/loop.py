@@ -1,9 +1,12 @@
 """The training loop: read it top to bottom.
 
-Each step draws the task's batch for that step (a pure function of seed and step, so a resumed
-trial continues exactly), computes the teacher-forced loss, and updates the parameters. Every
-``log_every`` steps the training loss is handed to ``on_log``; every ``eval_every`` steps (and
-at the last step) the validation metrics are handed to ``on_eval``, which also checkpoints.
+Each step: the schedules give this step's teacher-forcing probability eps_i and dropout rates;
+the curriculum picks the batch (a pure function of seed, step and the curriculum's state, so a
+resumed trial continues exactly); the model computes the configured loss, with scheduled
+sampling when eps_i < 1; gradients are clipped and the optimizer and learning-rate scheduler
+step; the curriculum sees the batch's accuracy. Every ``log_every`` steps the training numbers go
+to ``on_log``; every ``eval_every`` steps (and at the last) the validation metrics go to
+``on_eval``, which also checkpoints.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import torch
 
 from harness.config import TrainConfig
 from harness.models.seq2seq import Seq2Seq
+from harness.training.curriculum import token_accuracy
 from harness.training.evaluate import evaluate
+from harness.training.techniques import Techniques
 from tasks.base import PAD, Task
 
 
@@ -37,25 +42,35 @@ class NonFiniteLoss(RuntimeError):
 
 
 def train(model: Seq2Seq, optimizer: torch.optim.Optimizer, task: Task, cfg: TrainConfig,
-          seed: int, state: TrainState, device: torch.device,
+          seed: int, state: TrainState, device: torch.device, techniques: Techniques,
           on_log: Callable[[TrainState, dict[str, float]], None],
           on_eval: Callable[[TrainState, dict[str, float]], None]) -> None:
     model.train()
     while state.step < cfg.steps:
         started = time.perf_counter()
-        batch = task.train_batch(state.step, cfg.batch_size, seed).to(device)
-        loss = model.loss(batch)
+        eps = techniques.teacher_forcing_prob(state.step)
+        rates = techniques.apply_dropout_schedule(model, state.step)
+        batch = techniques.curriculum.batch(state.step, cfg.batch_size, seed).to(device)
+
+        loss, logits, decoded = model.training_loss(batch, cfg.loss, eps, cfg.sampling.feed)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"loss is {loss.item()} at step {state.step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        clipped = techniques.clipper.clip(model)
         optimizer.step()
+        lr = techniques.lr()
+        techniques.scheduler.step()
+        accuracy = token_accuracy(logits.detach(), batch.tgt, PAD)
+        techniques.curriculum.observe(accuracy)
 
         state.step += 1
         state.tokens += int((batch.src != PAD).sum() + (batch.tgt != PAD).sum())
         state.train_seconds += time.perf_counter() - started
         if state.step % cfg.log_every == 0:
-            on_log(state, {"train.loss": loss.item()})
+            on_log(state, {"train.loss": loss.item(), "train.token_accuracy": accuracy,
+                           "train.eps": eps, "train.truth_fraction": decoded.truth_fraction,
+                           "train.lr": lr, **rates, **clipped, **techniques.curriculum.last})
         if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
             metrics = evaluate(model, task, "valid", cfg.eval_batch_size, device)
             on_eval(state, metrics)

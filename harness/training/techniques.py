@@ -1,0 +1,58 @@
+"""The training techniques a trial switches on, bundled for the loop and its checkpoints:
+curriculum, gradient clipper, learning-rate scheduler and dropout schedule."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from typing import Any
+
+import torch
+
+from harness.config import TrainConfig
+from harness.models.dropout import DropoutRates, set_dropout_rates
+from harness.training.clipping import GradientClipper
+from harness.training.curriculum import Curriculum
+from harness.training.lr_schedules import make_lr_scheduler
+from harness.training.schedules import dropout_scale, teacher_forcing_prob
+from tasks.base import Task
+
+RATE_NAMES = [f.name for f in fields(DropoutRates) if f.name != "variational"]
+
+
+class Techniques:
+    def __init__(self, cfg: TrainConfig, model: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, task: Task) -> None:
+        self.cfg = cfg
+        self.curriculum = Curriculum(cfg.curriculum, task)
+        self.clipper = GradientClipper(cfg.clip)
+        self.scheduler = make_lr_scheduler(optimizer, cfg.lr_schedule, cfg.steps)
+        self.optimizer = optimizer
+        base = asdict(getattr(model, "rates", DropoutRates()))
+        self.base_rates = {name: base[name] for name in RATE_NAMES if base[name] > 0}
+
+    def teacher_forcing_prob(self, step: int) -> float:
+        """eps_i of the scheduled-sampling schedule."""
+        return teacher_forcing_prob(self.cfg.sampling, step)
+
+    def apply_dropout_schedule(self, model: torch.nn.Module, step: int) -> dict[str, float]:
+        """p_t = p_0 exp(-lambda t) for every non-zero base rate p_0; returns the rates."""
+        schedule = self.cfg.dropout_schedule
+        if schedule.kind == "constant" or not self.base_rates:
+            return {f"train.dropout.{k}": v for k, v in self.base_rates.items()}
+        scale = dropout_scale(schedule.kind, schedule.lam, step)
+        rates = {name: p0 * scale for name, p0 in self.base_rates.items()}
+        set_dropout_rates(model, **rates)
+        return {f"train.dropout.{k}": v for k, v in rates.items()}
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"curriculum": self.curriculum.state_dict(),
+                "clipper": self.clipper.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.curriculum.load_state_dict(state["curriculum"])
+        self.clipper.load_state_dict(state["clipper"])
+        self.scheduler.load_state_dict(state["scheduler"])
