@@ -73,3 +73,41 @@ def attention_heatmap(alpha: np.ndarray, source: list[str], output: list[str],
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
     return out_path
+
+
+SCHEDULE_KEYS = {"train.eps": "teacher-forcing probability eps_i",
+                 "curriculum.length": "curriculum length L_t",
+                 "curriculum.p_hard": "curriculum p(hard)",
+                 "train.lr": "learning rate",
+                 "train.dropout.input": "input dropout rate",
+                 "train.dropout.recurrent": "recurrent dropout rate",
+                 "train.dropout.output": "output dropout rate",
+                 "train.dropout.zoneout": "zoneout rate"}
+
+
+def schedule_curves(tracking_uri: str, runs: pd.DataFrame, row_of: dict[str, str],
+                    out_path: Path) -> Path | None:
+    """One panel per schedule that changes during training (eps_i, L_t, learning rate,
+    dropout rates), one line per table row (its first seed's run)."""
+    first = runs.sort_values("seed").drop_duplicates(
+        subset=["task", *[c for c in runs.columns if c.startswith("variant.")]])
+    panels = []
+    for key, title in SCHEDULE_KEYS.items():
+        histories = metric_histories(tracking_uri, list(first["run_id"]), key)
+        if any(h.nunique() > 1 for h in histories.values()):
+            panels.append((key, title, histories))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    for ax, (_, title, histories) in zip(axes[0], panels, strict=True):
+        for run_id, series in histories.items():
+            ax.plot(series.index, series.values, label=row_of[run_id])
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+    return out_path

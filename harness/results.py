@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.plots import learning_curves
+from harness.plots import learning_curves, schedule_curves
 from harness.provenance import write_run_md
 from harness.suite import Suite
 from harness.tables import TableLayout, build_table, load_trial_runs, write_table
@@ -38,5 +38,9 @@ def write_results(suite: Suite, tracking_uri: str, out_dir: Path, command: str,
                                      out_dir / "figures" / f"curve_{metric}.png")
             if figure is not None:
                 written.append(figure)
+        figure = schedule_curves(tracking_uri, finished, row_of,
+                                 out_dir / "figures" / "schedules.png")
+        if figure is not None:
+            written.append(figure)
     written.append(write_run_md(out_dir, suite.path, command, summary, tracking_uri))
     return written

@@ -1,0 +1,192 @@
+"""Training techniques: selectable from a suite, trained end to end, checked where they act."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from harness.config import ModelConfig
+from harness.models.seq2seq import Forecaster, Seq2Seq
+from harness.suite import load_suite
+from harness.training.curriculum import Curriculum, CurriculumConfig
+from harness.training.losses import LossConfig
+from harness.trial import Runtime, execute_trial
+from tasks.base import EOS, ForecastBatch
+from tasks.copy import CopyParams, CopyTask
+
+TECHNIQUES = {
+    "teacher_forcing": {},
+    "always_sample": {"train.sampling": {"schedule": "always"}},
+    "linear": {"train.sampling": {"schedule": "linear", "alpha": 0.1, "eps_min": 0.2}},
+    "exponential": {"train.sampling": {"schedule": "exponential", "k": 0.9}},
+    "inverse_sigmoid": {"train.sampling": {"schedule": "inverse_sigmoid", "k": 2, "c": 1,
+                                           "feed": "sample"}},
+    "length_linear": {"train.curriculum": {"kind": "length_linear", "start": 2, "alpha": 0.5}},
+    "length_exponential": {"train.curriculum": {"kind": "length_exponential", "start": 2,
+                                                "beta": 2, "tau": 4}},
+    "adaptive": {"train.curriculum": {"kind": "adaptive", "p0": 0.1, "alpha": 1.0}},
+    "naive": {"train.curriculum": {"kind": "naive", "advance_at": 0.1, "ema": 0.0}},
+    "mix": {"train.curriculum": {"kind": "mix"}},
+    "combined": {"train.curriculum": {"kind": "combined", "mix_fraction": 0.25}},
+    "clip_norm": {"train.clip": {"kind": "norm", "threshold": 0.5}},
+    "clip_adaptive": {"train.clip": {"kind": "adaptive", "threshold": 1.0, "alpha": 0.9}},
+    "clip_per_gate": {"train.clip": {"kind": "per_gate", "threshold": 0.5}},
+    "lr_exponential": {"train.lr_schedule": {"kind": "exponential", "lam": 0.05}},
+    "lr_step": {"train.lr_schedule": {"kind": "step", "step_size": 3, "gamma": 0.5}},
+    "lr_cosine": {"train.lr_schedule": {"kind": "cosine", "warmup": 2}},
+    "lr_restarts": {"train.lr_schedule": {"kind": "warm_restarts", "t0": 3}},
+    "dropout_schedule": {"model.dropout": {"input": 0.3, "output": 0.3},
+                         "train.dropout_schedule": {"kind": "exponential", "lam": 0.1}},
+    "label_smoothing": {"train.loss": {"kind": "ce", "label_smoothing": 0.1}},
+    "focal": {"train.loss": {"kind": "focal", "gamma": 2.0, "time_weight": "linear_down"}},
+}
+
+
+@pytest.fixture(scope="module")
+def trials(tmp_path_factory):
+    suite = {
+        "name": "techniques",
+        "tasks": [{"name": "copy", "params": {"vocab": 5, "min_len": 2, "max_len": 6,
+                                               "n_valid": 16, "n_test": 16}}],
+        "base": {"model": {"embed": 8, "hidden": 8},
+                 "train": {"steps": 8, "batch_size": 8, "eval_every": 4, "log_every": 2}},
+        "axes": {"technique": TECHNIQUES},
+        "seeds": [0],
+        "metrics": ["exact_match"],
+    }
+    path: Path = tmp_path_factory.mktemp("techniques") / "techniques.yaml"
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    return {t["variants"]["technique"]: t for t in load_suite(path).trials()}
+
+
+@pytest.mark.parametrize("technique", list(TECHNIQUES))
+def test_technique_trains_end_to_end(trials, technique):
+    final = execute_trial(trials[technique], Runtime(None, None, None))
+    assert 0.0 <= final["test.token_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("technique", ["linear", "length_linear", "naive", "clip_adaptive",
+                                       "lr_cosine", "dropout_schedule"])
+def test_resumed_trial_with_techniques_equals_uninterrupted(trials, technique):
+    payloads: list[bytes] = []
+
+    def keep(metrics, payload):
+        if payload is not None:
+            buffer = io.BytesIO()
+            torch.save(payload, buffer)
+            payloads.append(buffer.getvalue())
+
+    runtime = Runtime(None, None, None)
+    full = execute_trial(trials[technique], runtime, report=keep)
+    middle = torch.load(io.BytesIO(payloads[0]), weights_only=True)
+    assert middle["state"]["step"] == 4
+    resumed = execute_trial(trials[technique], runtime, resume=middle)
+    assert {k: v for k, v in resumed.items() if k.startswith("test.")} == \
+        {k: v for k, v in full.items() if k.startswith("test.")}
+
+
+def copy_task(**kw) -> CopyTask:
+    return CopyTask(CopyParams(**{"vocab": 6, "min_len": 2, "max_len": 12, "n_valid": 8,
+                                  "n_test": 8, **kw}))
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.25, 0.5, 0.9, 1.0])
+def test_ground_truth_fraction_follows_eps(eps):
+    task = copy_task()
+    torch.manual_seed(0)
+    model = Seq2Seq(ModelConfig(embed=8, hidden=8), task.src_vocab_size, task.tgt_vocab_size)
+    batch = task.train_batch(0, 512, seed=0)
+    _, _, state = model.training_loss(batch, LossConfig(), eps=eps)
+    assert state.truth_fraction == pytest.approx(eps, abs=0.02)
+
+
+def test_sampled_inputs_are_the_models_predictions_when_eps_is_zero():
+    """With eps = 0 the decoder reads its own argmax: the logits equal greedy decoding's."""
+    task = copy_task()
+    torch.manual_seed(0)
+    model = Seq2Seq(ModelConfig(embed=8, hidden=8), task.src_vocab_size, task.tgt_vocab_size)
+    model.eval()
+    batch = task.train_batch(0, 16, seed=0)
+    logits, _ = model.forward_with_state(batch, eps=0.0)
+    greedy = model.greedy(batch.src, batch.src_len, batch.tgt.shape[1])
+    predicted = logits.argmax(-1)
+    for row in range(16):  # identical up to the first EOS greedy emits
+        steps = greedy.shape[1]
+        limit = next((t + 1 for t in range(steps) if greedy[row, t] == EOS), steps)
+        assert predicted[row, :limit].tolist() == greedy[row, :limit].tolist()
+
+
+def test_forecaster_scheduled_sampling_feeds_back_its_outputs():
+    torch.manual_seed(0)
+    model = Forecaster(ModelConfig(embed=8, hidden=8), history_features=1, targets=1)
+    model.eval()
+    batch = ForecastBatch(torch.randn(4, 10, 1), torch.randn(4, 5, 1), [], torch.arange(4))
+    sampled, state = model.forward_with_state(batch, eps=0.0)
+    assert state.truth_fraction == 0.0
+    torch.testing.assert_close(sampled, model.free_running(batch, 5))
+    forced, _ = model.forward_with_state(batch, eps=1.0)
+    assert not torch.allclose(forced, sampled)
+
+
+def target_lengths(batch) -> list[int]:
+    return (batch.tgt_len - 1).tolist()  # tgt_len counts the EOS
+
+
+def test_length_curriculum_limits_every_batch():
+    task = copy_task()
+    cur = Curriculum(CurriculumConfig(kind="length_linear", start=3, alpha=0.5), task)
+    for step in [0, 4, 10, 30]:
+        batch = cur.batch(step, 64, seed=0)
+        limit = min(12, int(3 + 0.5 * step))
+        assert max(target_lengths(batch)) <= limit
+        assert cur.last["curriculum.length"] == limit
+    exp = Curriculum(CurriculumConfig(kind="length_exponential", start=2, beta=2, tau=10), task)
+    assert [exp.length_limit(s) for s in (0, 10, 20, 30)] == [2, 4, 8, 12]
+
+
+def test_adaptive_curriculum_hard_share_follows_accuracy():
+    task = copy_task()  # lengths 2..12, hard = longer than 2 + floor(0.5 * 10) = 7
+    cur = Curriculum(CurriculumConfig(kind="adaptive", p0=0.25, alpha=0.5, ema=0.0), task)
+    batch = cur.batch(0, 64, seed=0)
+    assert sum(n > 7 for n in target_lengths(batch)) == 16  # p(hard) = 0.25 at accuracy 0
+    cur.observe(1.0)  # ema 0: the running accuracy is the last value
+    batch = cur.batch(1, 64, seed=0)
+    assert cur.last["curriculum.p_hard"] == 0.75
+    assert sum(n > 7 for n in target_lengths(batch)) == 48
+
+
+def test_naive_curriculum_advances_a_stage_when_accurate():
+    task = copy_task()
+    cur = Curriculum(CurriculumConfig(kind="naive", start=3, stage_size=2, advance_at=0.8,
+                                      ema=0.0), task)
+    assert max(target_lengths(cur.batch(0, 64, seed=0))) <= 3
+    cur.observe(0.5)
+    assert cur.stage_max == 3
+    cur.observe(0.9)
+    assert cur.stage_max == 5 and cur.accuracy.value == 0.0
+    assert max(target_lengths(cur.batch(1, 64, seed=0))) <= 5
+    combined = Curriculum(CurriculumConfig(kind="combined", start=3, mix_fraction=0.5), task)
+    lengths = target_lengths(combined.batch(0, 64, seed=0))
+    assert max(lengths[:32]) <= 3 and max(lengths[32:]) > 3
+
+
+def test_schedule_figure_from_mlflow(trials, tmp_path):
+    from harness.plots import schedule_curves
+    from harness.tables import load_trial_runs
+    from harness.tracking import prepare_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = prepare_experiment(uri, "techniques", tmp_path / "artifacts")
+    for name in ["linear", "length_linear", "lr_cosine", "dropout_schedule"]:
+        execute_trial(trials[name], Runtime(uri, experiment, None))
+    runs, _ = load_trial_runs(uri, "techniques")
+    assert len(runs) == 4
+    row_of = {r: v for r, v in zip(runs["run_id"], runs["variant.technique"], strict=True)}
+    path = schedule_curves(uri, runs, row_of, tmp_path / "schedules.png")
+    assert path is not None and path.read_bytes()[:4] == b"\x89PNG"
+    plain = runs[runs["variant.technique"] == "linear"]
+    assert schedule_curves(uri, plain.iloc[0:0], row_of, tmp_path / "none.png") is None
