@@ -130,21 +130,22 @@ def test_highway_with_transform_gate_shut_carries_the_state():
 
 # -- residual -----------------------------------------------------------------------------------
 
-def test_residual_stack_adds_each_layers_input_from_layer_two():
+def test_residual_stack_adds_each_layers_input():
     torch.manual_seed(3)
     s = make_stack(3, "residual")
     assert all(isinstance(layer, FusedLSTMLayer) for layer in s.layers)
     x = torch.randn(B, T, X)
     out, finals = s(x)
-    o1, _ = lstm_of(s.layers[0])(x)  # layer 1: no residual (X != H)
+    o1 = lstm_of(s.layers[0])(x)[0] + s.projections[0](x)  # layer 1: X != H, projected
     o2 = lstm_of(s.layers[1])(o1)[0] + o1
     o3 = lstm_of(s.layers[2])(o2)[0] + o2
     assert_close(out, o3)
-    # the plain stack with the same weights differs by exactly the added inputs
+    # the plain stack with the same LSTM weights differs by exactly the added inputs
     plain = make_stack(3, "none")
-    plain.load_state_dict(s.state_dict())
+    plain.load_state_dict({k: v for k, v in s.state_dict().items()
+                           if not k.startswith("projections")})
     p1 = plain.layers[0](x)[0]
-    assert_close(plain.layers[1](p1)[0] + p1, o2)
+    assert_close(p1 + s.projections[0](x), o1)
     assert (out - plain(x)[0]).abs().max() > 1e-2
     # the final states are the LSTMs' own (the residual is on the outputs)
     assert_close(finals[1][0], lstm_of(s.layers[1])(o1)[1][0][0])
@@ -152,19 +153,23 @@ def test_residual_stack_adds_each_layers_input_from_layer_two():
 
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("input_size", [X, H], ids=["embed!=hidden", "embed==hidden"])
-def test_residual_sizes_never_need_a_projection(bidirectional, input_size):
-    """Residuals start at layer 2, whose input is layer 1's output (width D = H or 2H): the
-    sizes always match, so no projection is built; layer 1 (input X) has no residual."""
+def test_residual_projection_only_where_sizes_differ(bidirectional, input_size):
+    """Every layer adds its input; only a first layer whose input width differs from the
+    layer width D (H, or 2H bidirectional) gets a linear projection P (no bias)."""
     torch.manual_seed(4)
     s = make_stack(3, "residual", bidirectional, input_size=input_size, cell="layernorm")
     d = 2 * H if bidirectional else H
     assert s.output_size == d
-    assert all(isinstance(p, nn.Identity) for p in s.projections)
+    needs_projection = input_size != d
+    assert isinstance(s.projections[0], nn.Linear) == needs_projection
+    if needs_projection:
+        assert s.projections[0].weight.shape == (d, input_size)
+    assert all(isinstance(p, nn.Identity) for p in s.projections[1:])
     x = torch.randn(B, T, input_size)
     out, finals = s(x)
     assert out.shape == (B, T, d)
     assert all(h.shape == c.shape == (B, d) for h, c in finals)
-    o1 = s.layers[0](x)[0]
+    o1 = s.layers[0](x)[0] + s.projections[0](x)
     o2 = s.layers[1](o1)[0] + o1
     assert_close(out, s.layers[2](o2)[0] + o2)
 
@@ -255,7 +260,8 @@ def test_gradient_reaches_the_first_of_six_layers():
         if skip == "residual":
             torch.manual_seed(9)
             plain = make_stack(6, "none")
-            s.load_state_dict(plain.state_dict())  # the same init as the plain stack
+            # the same LSTM init as the plain stack (the projection keeps its own)
+            s.load_state_dict(plain.state_dict(), strict=False)
         norms[skip] = first_layer_grad(s, x)
         assert norms[skip] > 0
     # skips shorten the path from the loss to layer 1 (by orders of magnitude at this init)

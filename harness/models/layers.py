@@ -10,6 +10,8 @@ concatenated), and can also advance one step at a time for decoders (``begin`` +
   dropout, zoneout, highway and per-step residual connections, self-attention over earlier
   states. All input projections W x_t + b are computed for every step in one matrix product
   before the time loop (as in haste); the loop does one h_{t-1} product and the pointwise math.
+  Except with self-attention, the whole loop is one autograd Function (:class:`SequenceLoop`)
+  with a hand-written backward: no per-step autograd graph, and dW_hh as one matrix product.
 
 Gate order is nn.LSTM's (i, f, g, o), so weights copy across.
 """
@@ -21,6 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from harness.models.attention import self_attention_context

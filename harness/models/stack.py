@@ -2,8 +2,9 @@
 
 Skip schemes (``model.skip``):
 - ``none``: h^(l) = LSTM^(l)(h_{t-1}^(l), h_t^(l-1)).
-- ``residual`` (Kim et al. 2017): h_t^(l) = h_t^(l-1) + LSTM^(l)(h_{t-1}^(l), h_t^(l-1)) for
-  layers l >= 2, through a linear projection where the sizes differ.
+- ``residual`` (Kim et al. 2017): h_t^(l) = P h_t^(l-1) + LSTM^(l)(h_{t-1}^(l), h_t^(l-1)) in
+  every layer (h^(0) = x), P the identity, or a learned linear projection where the sizes
+  differ (the first layer when the input width is not the layer width).
 - ``residual_step`` (SPEC's per-step form): h_t = h_{t-1} + LSTM(h_{t-1}, x_t) in every layer.
 - ``highway`` (Zhang et al. 2016): h_t = T * h~_t + (1 - T) * h_{t-1} in every layer.
 - ``dense`` (DenseNet-style): layer l reads [h_t^(0); h_t^(1); ...; h_t^(l-1)] (h^(0) = x).
@@ -42,7 +43,7 @@ class LSTMStack(nn.Module):
         for index in range(cfg.layers):
             in_size = input_size + index * width if cfg.skip == "dense" else size
             self.layers.append(self._layer(in_size, bidirectional, self_attention))
-            if cfg.skip == "residual" and index > 0 and size != width:
+            if cfg.skip == "residual" and size != width:
                 self.projections.append(nn.Linear(size, width, bias=False))
             else:
                 self.projections.append(nn.Identity())
@@ -73,7 +74,7 @@ class LSTMStack(nn.Module):
             if self.skip == "dense":
                 layer_in = torch.cat(inputs, dim=2)
             out, final = layer(layer_in, None if states is None else states[index], lengths)
-            if self.skip == "residual" and index > 0:
+            if self.skip == "residual":
                 out = out + self.projections[index](layer_in)
             out = sequence_dropout(out, rates.output, rates.variational, training)
             finals.append(final)
@@ -115,7 +116,7 @@ class LSTMStack(nn.Module):
             if self.skip == "dense":
                 layer_in = torch.cat(inputs, dim=1)
             out, state = layer.step(layer_in, states[index])
-            if self.skip == "residual" and index > 0:
+            if self.skip == "residual":
                 out = out + self.projections[index](layer_in)
             out = self._drop(out, "output", index)
             new_states.append(state)
