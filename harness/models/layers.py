@@ -30,6 +30,7 @@ from harness.models.attention import self_attention_context
 from harness.models.dropout import DropoutRates, bernoulli_mask, zoneout
 
 State = tuple[torch.Tensor, torch.Tensor]
+Masks = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
 
 
 def init_uniform(module: nn.Module, hidden: int) -> None:
@@ -119,6 +120,171 @@ class FusedLSTMLayer(nn.Module):
         return h, (h, c)
 
 
+class SequenceLoop(torch.autograd.Function):
+    """The custom layer's time loop (no self-attention) with a hand-written backward.
+
+    Inputs, time-major: ``xw`` [T, B, G*H] = W' x_t + b for every step (G = 5 with the highway
+    gate, else 4), ``h0``, ``c0`` [B, H], ``w_hh`` [G*H, H] (weight-dropped or not), the four
+    LayerNorm parameters (or None), ``rec_mask`` (None, [B, H] or [T, B, H]) and ``keep_h``,
+    ``keep_c`` (None or [T, B, H|1]): the weight k of the previous state in
+    s_t = (1 - k) s~_t + k s_{t-1}, which is the zoneout mask d (or p at evaluation) and 1 on
+    padded steps. Returns outputs [B, T, H] and the final (h, c).
+
+    The forward runs without autograd and keeps what the backward needs (activations, states,
+    LayerNorm statistics); the backward runs the loop in reverse, one dgates_t and one
+    dgates_t W_hh product per step, then dW_hh = sum_t dgates_t^T (m_t * h_{t-1}) as a single
+    matrix product (as in haste).
+    """
+
+    @staticmethod
+    def forward(ctx, xw, h0, c0, w_hh, gates_gain, gates_bias, cell_gain, cell_bias,
+                rec_mask, keep_h, keep_c, highway: bool, residual_step: bool, eps: float):
+        steps, batch, width = xw.shape
+        hid = h0.shape[1]
+        four = 4 * hid
+        layernorm = gates_gain is not None
+        hs = xw.new_empty(steps + 1, batch, hid)  # h_{t-1} = hs[t], h_t = hs[t + 1]
+        cs = xw.new_empty(steps + 1, batch, hid)
+        hs[0], cs[0] = h0, c0
+        c_new = cs[1:] if keep_c is None else xw.new_empty(steps, batch, hid)  # C_t before zoneout
+        h_in = hs[:-1] if rec_mask is None else xw.new_empty(steps, batch, hid)
+        acts = xw.new_empty(steps, batch, width)  # sigma(i), sigma(f), tanh(g), sigma(o) [, T]
+        tanh_c = xw.new_empty(steps, batch, hid)
+        w_t = w_hh.t()
+        ln: dict[str, list[torch.Tensor]] = {"rec": [], "norm": [], "stats": [], "cell": []}
+        if layernorm:
+            xw_gates = xw[..., :four] + gates_bias.reshape(four)
+            gain = gates_gain.reshape(four)
+        for t in range(steps):
+            h_prev, a = hs[t], acts[t]
+            if rec_mask is not None:
+                torch.mul(h_prev, rec_mask[t] if rec_mask.dim() == 3 else rec_mask, out=h_in[t])
+            if layernorm:
+                rec = h_in[t] @ w_t
+                norm, mean, rstd = torch.native_layer_norm(
+                    rec[:, :four].reshape(batch, 4, hid), (hid,), None, None, eps)
+                torch.addcmul(xw_gates[t], norm.view(batch, four), gain, out=a[:, :four])
+                if highway:
+                    torch.add(xw[t, :, four:], rec[:, four:], out=a[:, four:])
+                ln["rec"].append(rec)
+                ln["norm"].append(norm)
+                ln["stats"].append((mean, rstd))
+            else:
+                torch.addmm(xw[t], h_in[t], w_t, out=a)
+            a[:, : 2 * hid].sigmoid_()
+            a[:, 2 * hid : 3 * hid].tanh_()
+            a[:, 3 * hid :].sigmoid_()
+            i, f, g, o = a[:, :hid], a[:, hid : 2 * hid], a[:, 2 * hid : 3 * hid], a[:, 3 * hid : four]
+            c = torch.mul(f, cs[t], out=c_new[t]).addcmul_(i, g)
+            if keep_c is not None:
+                torch.lerp(c, cs[t], keep_c[t], out=cs[t + 1])
+            if layernorm:
+                c_hat, mean, rstd = torch.native_layer_norm(c, (hid,), cell_gain, cell_bias, eps)
+                ln["cell"].append((mean, rstd))
+                torch.tanh(c_hat, out=tanh_c[t])
+            else:
+                torch.tanh(c, out=tanh_c[t])
+            h = o * tanh_c[t]
+            if highway:
+                h = torch.lerp(h_prev, h, a[:, four:])
+            if residual_step:
+                h = h_prev + h
+            if keep_h is not None:
+                h = torch.lerp(h, h_prev, keep_h[t])
+            hs[t + 1] = h
+        out = hs[1:].transpose(0, 1)
+        # out is saved so that autograd refuses a backward after an in-place change of it (a
+        # view: it shares its version counter with hs)
+        ctx.save_for_backward(w_hh, gates_gain, cell_gain, cell_bias, rec_mask, keep_h, keep_c,
+                              out)
+        ctx.buffers = hs, cs, c_new, h_in, acts, tanh_c, ln
+        ctx.options = highway, residual_step
+        return out, hs[steps].clone(), cs[steps].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out, d_h, d_c):
+        w_hh, gates_gain, cell_gain, cell_bias, rec_mask, keep_h, keep_c, _ = ctx.saved_tensors
+        hs, cs, c_new, h_in, acts, tanh_c, ln = ctx.buffers
+        highway, residual_step = ctx.options
+        steps, batch, width = acts.shape
+        hid = hs.shape[2]
+        four = 4 * hid
+        layernorm = gates_gain is not None
+        d_out = d_out.transpose(0, 1)  # [T, B, H]
+        d_xw = acts.new_empty(steps, batch, width)  # dL/d(pre-activations) = dgates
+        d_rec = acts.new_empty(steps, batch, width) if layernorm else d_xw
+        d_c_hat = acts.new_empty(steps, batch, hid) if layernorm else None
+        if layernorm:
+            gain = gates_gain.reshape(four)
+        gh, gc = d_h, d_c  # dL/dh_t, dL/dC_t from the later steps
+        for t in range(steps - 1, -1, -1):
+            h_prev, a, dz = hs[t], acts[t], d_xw[t]
+            i, f, g, o = a[:, :hid], a[:, hid : 2 * hid], a[:, 2 * hid : 3 * hid], a[:, 3 * hid : four]
+            gh = gh + d_out[t]
+            gh_prev = None
+            if keep_h is not None:  # h_t = (1 - k) h + k h_{t-1}
+                gh_prev = gh * keep_h[t]
+                gh = gh - gh_prev
+            if residual_step:  # h = h_{t-1} + h~
+                gh_prev = gh if gh_prev is None else gh_prev + gh
+            if highway:  # h = T h~ + (1 - T) h_{t-1}
+                tr = a[:, four:]
+                carry = gh - gh * tr
+                gh_prev = carry if gh_prev is None else gh_prev + carry
+                torch.mul(gh, o * tanh_c[t] - h_prev, out=dz[:, four:])
+                gh = gh * tr
+            # h~ = o tanh(C^), C^ = LN(C_t) or C_t
+            torch.mul(gh, tanh_c[t], out=dz[:, 3 * hid : four])
+            d_hat = gh * o * (1 - tanh_c[t] * tanh_c[t])
+            if layernorm:
+                d_c_hat[t] = d_hat
+                mean, rstd = ln["cell"][t]
+                d_hat = torch.ops.aten.native_layer_norm_backward(
+                    d_hat, c_new[t], (hid,), mean, rstd, cell_gain, cell_bias,
+                    [True, False, False])[0]
+            if keep_c is not None:  # C_t = (1 - k) C~ + k C_{t-1}
+                gc_keep = gc * keep_c[t]
+                dc = d_hat.add_(gc).sub_(gc_keep)
+            else:
+                gc_keep, dc = None, d_hat.add_(gc)
+            # C~ = f C_{t-1} + i g
+            torch.mul(dc, g, out=dz[:, :hid])
+            torch.mul(dc, cs[t], out=dz[:, hid : 2 * hid])
+            torch.mul(dc, i, out=dz[:, 2 * hid : 3 * hid])
+            gc = dc * f if gc_keep is None else torch.addcmul(gc_keep, dc, f)
+            # through the activations: sigma' = s (1 - s), tanh' = 1 - g^2
+            deriv = torch.addcmul(a, a, a, value=-1)
+            deriv[:, 2 * hid : 3 * hid].sub_(g).add_(1)  # g (1 - g) -> 1 - g^2
+            dz.mul_(deriv)
+            if layernorm:
+                mean, rstd = ln["stats"][t]
+                d_norm = (dz[:, :four] * gain).view(batch, 4, hid)
+                rec4 = ln["rec"][t][:, :four].reshape(batch, 4, hid)
+                d_rec[t, :, :four] = torch.ops.aten.native_layer_norm_backward(
+                    d_norm, rec4, (hid,), mean, rstd, None, None,
+                    [True, False, False])[0].view(batch, four)
+                if highway:
+                    d_rec[t, :, four:] = dz[:, four:]
+            d_h_in = d_rec[t] @ w_hh
+            if rec_mask is not None:
+                d_h_in.mul_(rec_mask[t] if rec_mask.dim() == 3 else rec_mask)
+            gh = d_h_in if gh_prev is None else d_h_in.add_(gh_prev)
+        d_w_hh = d_rec.view(-1, width).t() @ h_in.reshape(-1, hid)
+        d_ln = [None] * 4
+        if layernorm:
+            d_gates = d_xw[..., :four].reshape(-1, four)
+            norm = torch.stack(ln["norm"]).view(-1, four)
+            d_ln[0] = (d_gates * norm).sum(0).view(4, hid)
+            d_ln[1] = d_gates.sum(0).view(4, hid)
+            mean = torch.stack([m for m, _ in ln["cell"]])
+            rstd = torch.stack([r for _, r in ln["cell"]])
+            c_norm = (c_new - mean) * rstd
+            d_ln[2] = (d_c_hat * c_norm).sum((0, 1))
+            d_ln[3] = d_c_hat.sum((0, 1))
+        return (d_xw, gh, gc, d_w_hh, *d_ln) + (None,) * 6
+
+
 class CustomLSTMLayer(nn.Module):
     """A unidirectional LSTM layer with its own time loop.
 
@@ -134,7 +300,13 @@ class CustomLSTMLayer(nn.Module):
       residual_step: h_t = h_{t-1} + h~_t
       zoneout: h_t = d * h_{t-1} + (1 - d) * h_t (and the same on C_t with zoneout_c)
     Padded steps (t >= length) keep the previous state.
+
+    ``forward`` draws the per-step masks of the whole sequence (recurrent dropout, zoneout) before
+    the loop and, except with self-attention, runs the loop as :class:`SequenceLoop`; ``fast =
+    False`` runs it step by step through autograd instead (the same masks: a reference).
     """
+
+    fast = True
 
     def __init__(self, input_size: int, hidden: int, rates: DropoutRates, *,
                  layernorm: bool = False, highway: bool = False, residual_step: bool = False,
@@ -175,13 +347,28 @@ class CustomLSTMLayer(nn.Module):
             self._rec_mask = bernoulli_mask((batch, self.hidden), rates.recurrent, like)
         self._history: list[torch.Tensor] = []
 
+    def sequence_masks(self, steps: int, batch: int, like: torch.Tensor) -> Masks:
+        """The recurrent dropout mask ([B, H] variational, [T, B, H] per step, or None) and the
+        zoneout masks d of h and C ([T, B, H] or None) of a whole sequence, in training."""
+        rates, shape = self.rates, (steps, batch, self.hidden)
+        if not self.training:
+            return None, None, None
+        rec = self._rec_mask
+        if rec is None and rates.recurrent > 0:
+            rec = bernoulli_mask(shape, rates.recurrent, like)
+        keep_h, keep_c = (like.new_empty(shape).bernoulli_(p) if p > 0 else None
+                          for p in (rates.zoneout, rates.zoneout_c))
+        return rec, keep_h, keep_c
+
     # -- the step --------------------------------------------------------------------------
-    def _cell(self, xw_t: torch.Tensor, state: State) -> State:
+    def _cell(self, xw_t: torch.Tensor, state: State,
+              masks: Masks | None = None) -> State:
+        """One step; ``masks`` (this step's, from :meth:`sequence_masks`) or drawn here."""
         h_prev, c_prev = state
         rates, hidden = self.rates, self.hidden
         h_in = h_prev
         if self.training and rates.recurrent > 0:
-            mask = self._rec_mask
+            mask = self._rec_mask if masks is None else masks[0]
             if mask is None:
                 mask = bernoulli_mask(tuple(h_prev.shape), rates.recurrent, h_prev)
             h_in = h_prev * mask
@@ -210,6 +397,10 @@ class CustomLSTMLayer(nn.Module):
             h = transform * h + (1 - transform) * h_prev
         if self.residual_step:
             h = h_prev + h
+        if masks is not None and self.training:  # zoneout with the given masks d
+            h = h if masks[1] is None else torch.lerp(h, h_prev, masks[1])
+            c = c if masks[2] is None else torch.lerp(c, c_prev, masks[2])
+            return h, c
         h = zoneout(h_prev, h, rates.zoneout, self.training)
         c = zoneout(c_prev, c, rates.zoneout_c, self.training)
         return h, c
@@ -231,22 +422,45 @@ class CustomLSTMLayer(nn.Module):
         if state is None:
             zeros = x.new_zeros(batch, self.hidden)
             state = (zeros, zeros)
-        xw = self.input_projection(x)
+        xw = self.input_projection(x.transpose(0, 1))  # time-major [T, B, blocks * H]
         valid = None
         if lengths is not None:
-            valid = (torch.arange(steps, device=x.device)[None, :]
-                     < lengths.to(x.device)[:, None]).unsqueeze(-1)
+            valid = (torch.arange(steps, device=x.device)[:, None]
+                     < lengths.to(x.device)[None, :]).unsqueeze(-1)  # [T, B, 1]
+        masks = self.sequence_masks(steps, batch, xw)
+        if self.fast and not self.self_attention:
+            return self._fast_forward(xw, state, valid, masks)
         outputs = []
         for t in range(steps):
-            new = self._cell(xw[:, t], state)
+            new = self._cell(xw[t], state, tuple(m if m is None or m.dim() == 2 else m[t]
+                                                 for m in masks))
             if valid is not None:
-                keep = valid[:, t]
+                keep = valid[t]
                 new = (torch.where(keep, new[0], state[0]), torch.where(keep, new[1], state[1]))
             state = new
             outputs.append(state[0])
             if self.self_attention:
                 self._history.append(state[0])
         return torch.stack(outputs, 1), state
+
+    def _fast_forward(self, xw: torch.Tensor, state: State, valid: torch.Tensor | None,
+                      masks: Masks) -> tuple[torch.Tensor, State]:
+        """:class:`SequenceLoop` with keep weights k = zoneout d (p at evaluation), 1 on padding."""
+        rec_mask, *zone = masks
+        keep = []
+        for d, p in zip(zone, (self.rates.zoneout, self.rates.zoneout_c), strict=True):
+            if d is None and p > 0 and not self.training:
+                d = p
+            if valid is not None:
+                d = 1 - (1 - (0 if d is None else d)) * valid.to(xw.dtype)
+            elif isinstance(d, float):
+                d = xw.new_full((1, 1, 1), d).expand(*xw.shape[:2], self.hidden)
+            keep.append(d)
+        ln = ((self.ln_gates_gain, self.ln_gates_bias, self.ln_cell_gain, self.ln_cell_bias)
+              if self.layernorm else (None,) * 4)
+        out, h, c = SequenceLoop.apply(xw, state[0], state[1], self._w_hh_t.t(), *ln, rec_mask,
+                                       *keep, self.highway, self.residual_step, self.ln_eps)
+        return out, (h, c)
 
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
