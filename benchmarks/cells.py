@@ -7,12 +7,14 @@ time loop itself; the "path" column says which it took) and timed on forward + b
 training mode: x [B, T, X] (requires grad, as embeddings below it would) -> outputs, then
 ``outputs.backward(g)`` with a fixed random g; gradients are dropped (set to None) between
 repeats, as ``zero_grad`` does. tokens/s = B * T / median seconds per forward + backward, after
-a warm-up. The ratio is to nn.LSTM with the same layers / directions at the same size, measured
-in the same run.
+a warm-up. The ratio ("x nn.LSTM") is the variant's speed over that of nn.LSTM with the same
+layers / directions at the same size, the two timed in alternating blocks of 3 runs (the first
+of each block untimed) in the same process, so that load from other processes on a shared
+machine hits both alike.
 
-Peak MB: every (variant, size) runs in a fresh subprocess. After the timing, glibc's free memory
+Peak MB: every (variant, size) runs in a fresh subprocess. After the warm-up, glibc's free memory
 is handed back to the OS (malloc_trim), VmHWM is reset by writing 5 to /proc/self/clear_refs, one
-more forward + backward runs, and peak MB = VmHWM - VmRSS at the reset (activations, saved
+more forward + backward of the variant runs, and peak MB = VmHWM - VmRSS at the reset (activations, saved
 tensors and gradients of that step, plus allocator fragmentation; the weights are not counted).
 
 The table is printed and written to benchmarks/results/cells.md.
@@ -33,6 +35,7 @@ from pathlib import Path
 
 SIZES = [(64, 50, 256), (32, 100, 64)]  # (B, T, X = H)
 THREADS = 2
+BLOCK = 3
 RESULTS = Path(__file__).resolve().parent / "results" / "cells.md"
 
 # name -> (ModelConfig overrides, baseline nn.LSTM: (layers, bidirectional), note)
@@ -87,45 +90,61 @@ def rss_kb(field: str) -> int:
 
 
 def measure(name: str, size: tuple[int, int, int], budget_s: float) -> dict:
-    """Runs in its own process: tokens/s and peak MB of one (variant, size)."""
+    """Runs in its own process: tokens/s and peak MB of one (variant, size), and the variant's
+    speed relative to its nn.LSTM baseline timed alternately with it in this process."""
     import torch
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     batch, steps, hidden = size
-    module, path = build(name, hidden)
-    module.train()
     x = torch.randn(batch, steps, hidden, requires_grad=True)
 
-    def fwd_bwd() -> None:
-        out = module(x)[0]
-        out.backward(grad)
-        x.grad = None
-        for p in module.parameters():
-            p.grad = None
+    def runner(module):
+        module.train()
+        with torch.no_grad():
+            grad = torch.randn_like(module(x)[0])
 
-    with torch.no_grad():
-        grad = torch.randn_like(module(x)[0])
-    started = time.perf_counter()
-    warm = 0
-    while warm < 3 or (time.perf_counter() - started < 0.5 and warm < 20):
-        fwd_bwd()
-        warm += 1
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - started < budget_s and len(times) < 30):
-        t0 = time.perf_counter()
-        fwd_bwd()
-        times.append(time.perf_counter() - t0)
+        def fwd_bwd() -> None:
+            out = module(x)[0]
+            out.backward(grad)
+            x.grad = None
+            for p in module.parameters():
+                p.grad = None
+        return fwd_bwd
 
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    module, path = build(name, hidden)
+    runs = {"variant": runner(module)}
+    if name in VARIANTS:
+        runs["baseline"] = runner(build(baseline_name(name), hidden)[0])
+    for run in runs.values():
+        started, warm = time.perf_counter(), 0
+        while warm < 3 or (time.perf_counter() - started < 0.5 and warm < 20):
+            run()
+            warm += 1
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed memory back to the OS, then reset VmHWM
     Path("/proc/self/clear_refs").write_text("5")
     base = rss_kb("VmRSS")
-    fwd_bwd()
+    runs["variant"]()
     peak_mb = (rss_kb("VmHWM") - base) / 1024
-    median = statistics.median(times)
-    return {"name": name, "path": path, "size": list(size), "tokens_s": batch * steps / median,
-            "repeats": len(times), "peak_mb": peak_mb}
+
+    # blocks of BLOCK runs of each, the first of a block not timed: each module runs in its own
+    # steady state (caches, allocator) while load from elsewhere hits both alike
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    started = time.perf_counter()
+    while len(times["variant"]) < 4 or (time.perf_counter() - started < budget_s
+                                        and len(times["variant"]) < 30):
+        for key, run in runs.items():
+            run()
+            for _ in range(BLOCK - 1):
+                t0 = time.perf_counter()
+                run()
+                times[key].append(time.perf_counter() - t0)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    ratio = median["baseline"] / median["variant"] if "baseline" in median else 1.0
+    return {"name": name, "path": path, "size": list(size),
+            "tokens_s": batch * steps / median["variant"], "ratio": ratio,
+            "repeats": len(times["variant"]), "peak_mb": peak_mb}
 
 
 def run_one(name: str, size: tuple[int, int, int], budget_s: float) -> dict:
@@ -172,8 +191,7 @@ def table(rows: dict, variants: list[str]) -> str:
         cells = [f"{name}", rows[(name, sizes[0])]["path"]]
         for size in sizes:
             r = rows[(name, size)]
-            base = rows[(baseline_name(name), size)] if name in VARIANTS else r
-            cells += [f"{r['tokens_s']:,.0f}", f"{r['tokens_s'] / base['tokens_s']:.2f}"]
+            cells += [f"{r['tokens_s']:,.0f}", f"{r['ratio']:.2f}"]
         cells += [f"{rows[(name, s)]['peak_mb']:.0f}" for s in sizes]
         cells.append(VARIANTS[name][2] if name in VARIANTS else "baseline")
         lines.append("| " + " | ".join(cells) + " |")
@@ -206,15 +224,16 @@ def main() -> None:
             r = run_one(name, size, budget)
             rows[(name, size)] = r
             print(f"{name:26s} {r['path']:8s} B,T,H={size}: {r['tokens_s']:9,.0f} tok/s "
-                  f"({r['repeats']} repeats), peak {r['peak_mb']:.0f} MB", file=sys.stderr)
+                  f"x{r['ratio']:.2f} ({r['repeats']} repeats), peak {r['peak_mb']:.0f} MB",
+                  file=sys.stderr)
     text = table(rows, variants)
     command = "python " + " ".join(["benchmarks/cells.py"] + sys.argv[1:])
     report = (f"# LSTMStack cell variants vs nn.LSTM: forward + backward training speed\n\n"
               f"Machine: {machine}.\n\nCommand: `{command}` "
               f"({time.perf_counter() - started:.0f} s).\n\n"
-              f"1 layer unless the notes say otherwise; each ratio is to the nn.LSTM row with the "
-              f"same layers and directions at the same size. Method: see the docstring of "
-              f"benchmarks/cells.py.\n\n{text}\n")
+              f"1 layer unless the notes say otherwise; each ratio is to nn.LSTM with the same "
+              f"layers and directions at the same size, timed alternately with the variant in "
+              f"the same process. Method: see the docstring of benchmarks/cells.py.\n\n{text}\n")
     print(report)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -112,6 +112,17 @@ class TrialTracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
+    def log_weights(self, state_dict: dict) -> None:
+        """The final model weights as ``model.pt`` (read by ``from_trial`` options)."""
+        import tempfile
+
+        import torch
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "model.pt"
+            torch.save(state_dict, path)
+            self.client.log_artifact(self.run_id, str(path))
+
     def finish(self) -> None:
         self.client.set_terminated(self.run_id, "FINISHED")
 
@@ -120,3 +131,31 @@ class TrialTracker:
             return
         self.set_tags({rs.TAG_FAILURE: reason[:4000]})
         self.client.set_terminated(self.run_id, "FAILED")
+
+
+def load_trial_artifacts(tracking_uri: str | None, reference: str, default_suite: str,
+                         folder: Path) -> tuple[dict[str, Any], Path]:
+    """The config and final weights of a finished trial named ``KEY`` (same suite) or
+    ``SUITE:KEY``: returns (trial config dict, path of model.pt)."""
+    suite, _, key = reference.partition(":") if ":" in reference else ("", "", reference)
+    suite = suite or default_suite
+    if tracking_uri is None:
+        raise TrackingError(f"trial '{reference}' can only be found through MLflow")
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(suite)
+    runs = [] if experiment is None else client.search_runs(
+        [experiment.experiment_id], order_by=["attributes.end_time DESC"],
+        filter_string=(f"tags.`{rs.TAG_TRIAL_KEY}` = '{key}' and "
+                       "attributes.status = 'FINISHED'"))
+    if not runs:
+        raise TrackingError(f"no finished trial '{key}' in suite '{suite}' (run it first: "
+                            "from_trial names a trial of an earlier launch)")
+    run_id = runs[0].info.run_id
+    try:
+        config = json.loads(Path(client.download_artifacts(
+            run_id, "trial_config.json", str(folder))).read_text())
+        weights = Path(client.download_artifacts(run_id, "model.pt", str(folder)))
+    except Exception as exc:
+        raise TrackingError(f"trial '{key}' of suite '{suite}' has no saved model "
+                            f"({type(exc).__name__}: {exc})") from exc
+    return config, weights

@@ -89,7 +89,11 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
     model = build_model(cfg.model, task).to(device)
     optimizer = make_optimizer(model.parameters(), cfg.train)
     state = TrainState()
-    techniques = Techniques(cfg.train, model, optimizer, task)
+    scorer = None
+    if cfg.train.curriculum.kind == "perplexity" and cfg.train.curriculum.from_trial:
+        scorer = load_trial_model(runtime, cfg.train.curriculum.from_trial, trial["suite"],
+                                  task, device)
+    techniques = Techniques(cfg.train, model, optimizer, task, scorer)
     tracker = None
     if runtime.tracking_uri is not None:
         tracker = TrialTracker(runtime.tracking_uri, runtime.experiment_id, runtime.parent_run_id)
@@ -132,6 +136,7 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
         })
         if tracker is not None:
             tracker.log_metrics(final, state.step)
+            tracker.log_weights(model.state_dict())
             if model.attention is not None:
                 log_attention_figure(model, task, device, tracker)
             tracker.finish()
@@ -142,6 +147,24 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
     if report is not None:
         report({"step": state.step, "done": 1.0, **final}, None)
     return final
+
+
+def load_trial_model(runtime: Runtime, reference: str, suite: str, task,
+                     device: torch.device) -> torch.nn.Module:
+    """The final model of a finished trial (``KEY`` or ``SUITE:KEY``), for scoring."""
+    from harness.config import ModelConfig
+    from harness.tracking import load_trial_artifacts
+
+    with tempfile.TemporaryDirectory() as folder:
+        named, weights = load_trial_artifacts(runtime.tracking_uri, reference, suite,
+                                              Path(folder))
+        model = build_model(ModelConfig.model_validate(named["config"]["model"]), task)
+        try:
+            model.load_state_dict(torch.load(weights, weights_only=True))
+        except RuntimeError as exc:
+            raise ValueError(f"trial '{reference}' was trained on a different model or task "
+                             f"vocabulary: {str(exc).splitlines()[0]}") from exc
+    return model.to(device)
 
 
 def log_attention_figure(model: Seq2Seq, task, device: torch.device,

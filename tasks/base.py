@@ -163,6 +163,36 @@ class Task(ABC):
         trial sees exactly the batches it would have seen. ``lengths``: only examples whose
         target length lies in [shortest, longest] (curricula; see :meth:`clip_lengths`)."""
 
+    # -- a finite training pool (optional; needed by the perplexity curriculum) -------------
+    @property
+    def train_pool_size(self) -> int | None:
+        """Number of training examples when the training data is a finite pool, else None."""
+        return None
+
+    def pool_batch(self, ids: list[int]) -> Seq2SeqBatch:
+        """The batch of training-pool examples ``ids`` (in that order)."""
+        raise ValueError(f"task '{self.name}' has no finite training pool")
+
+    def pool_lengths(self) -> list[int]:
+        """Target length of every training-pool example."""
+        raise ValueError(f"task '{self.name}' has no finite training pool")
+
+    def draw_pool_ids(self, step: int, batch_size: int, seed: int,
+                      lengths: tuple[int, int] | None = None,
+                      allowed: list[int] | None = None) -> list[int]:
+        """Pool ids for one batch, uniform over ``allowed`` (default: the whole pool) within
+        the length bounds; a pure function of (step, seed). Falls back to the shortest
+        allowed examples when none lies within the bounds."""
+        ids = list(range(self.train_pool_size)) if allowed is None else list(allowed)
+        if lengths is not None:
+            lo, hi = lengths
+            size = self.pool_lengths()
+            within = [i for i in ids if lo <= size[i] <= hi]
+            ids = within or sorted(ids, key=lambda i: size[i])[: max(1, len(ids) // 10)]
+        g = torch.Generator().manual_seed((seed * 1_000_003 + step) % 2**63)
+        picks = torch.randint(0, len(ids), (batch_size,), generator=g).tolist()
+        return [ids[k] for k in picks]
+
     @abstractmethod
     def eval_batches(self, split: Literal["valid", "test"],
                      batch_size: int) -> Iterator[Seq2SeqBatch]:

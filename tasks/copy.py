@@ -30,6 +30,8 @@ class CopyParams(TaskParams):
     n_valid: int = Field(256, ge=1, description="examples in the validation split")
     n_test: int = Field(512, ge=1, description="examples in the test split")
     data_seed: int = Field(1234, description="seed of the held-out splits (not the trial seed)")
+    n_train: int | None = Field(None, ge=1, description="a fixed training pool of this many "
+                                "examples (drawn from data_seed); none: fresh examples each step")
 
     @model_validator(mode="after")
     def _check_lengths(self) -> CopyParams:
@@ -61,7 +63,9 @@ class CopyTask(Task):
     The valid and test splits are drawn once from ``data_seed`` (separate generator streams),
     so they are identical for every trial seed. Training examples are generated on the fly
     from ``(seed, step)`` and never equal a held-out content sequence: a colliding example is
-    resampled. Sources carry no EOS; targets are followed by EOS.
+    resampled. With ``n_train`` the training data is instead a fixed pool (a third stream of
+    ``data_seed``, held-out sequences excluded) from which batches are drawn by (seed, step);
+    a finite pool is what the perplexity curriculum scores. Sources carry no EOS; targets are followed by EOS.
     """
 
     name: ClassVar[str] = "copy"
@@ -168,11 +172,36 @@ class CopyTask(Task):
     def length_bounds(self) -> tuple[int, int]:
         return self.params.min_len, self.params.max_len
 
+    @property
+    def train_pool_size(self) -> int | None:
+        return self.params.n_train
+
+    def _pool(self) -> list[list[int]]:
+        if getattr(self, "_pool_cache", None) is None:
+            held = self._held_out_set()
+            g = torch.Generator().manual_seed(_mix_seed(self.params.data_seed, len(_SPLITS)))
+            pool: list[list[int]] = []
+            while len(pool) < self.params.n_train:
+                pool += [x for x in self._sample(self.params.n_train, g) if tuple(x) not in held]
+            self._pool_cache = pool[: self.params.n_train]
+        return self._pool_cache
+
+    def pool_batch(self, ids: list[int]) -> Seq2SeqBatch:
+        if self.params.n_train is None:
+            raise ValueError("this copy task has no training pool: set params.n_train")
+        pool = self._pool()
+        return self._batch([pool[i] for i in ids], torch.tensor(ids, dtype=torch.long))
+
+    def pool_lengths(self) -> list[int]:
+        return [len(self.make_example(x)[1]) for x in self._pool()]
+
     def train_batch(self, step: int, batch_size: int, seed: int,
                     lengths: tuple[int, int] | None = None) -> Seq2SeqBatch:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         bounds = self.clip_lengths(lengths)
+        if self.params.n_train is not None:
+            return self.pool_batch(self.draw_pool_ids(step, batch_size, seed, bounds))
         held = self._held_out_set()
         g = torch.Generator().manual_seed(_mix_seed(seed, step))
         xs = self._sample(batch_size, g, bounds)

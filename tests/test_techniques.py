@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,71 @@ def test_schedule_figure_from_mlflow(trials, tmp_path):
     assert path is not None and path.read_bytes()[:4] == b"\x89PNG"
     plain = runs[runs["variant.technique"] == "linear"]
     assert schedule_curves(uri, plain.iloc[0:0], row_of, tmp_path / "none.png") is None
+
+
+def test_perplexity_curriculum_orders_the_pool_and_runs_three_phases():
+    task = copy_task(n_train=60)
+    torch.manual_seed(0)
+    model = Seq2Seq(ModelConfig(embed=8, hidden=8), task.src_vocab_size, task.tgt_vocab_size)
+    cfg = CurriculumConfig(kind="perplexity", pretrain_steps=10, phases=[1, 1, 2])
+    cur = Curriculum(cfg, task, total_steps=50)
+    assert cur.batch(0, 16, seed=0).ids.min() >= 0  # pretraining: the pool, uniformly
+    cur.prepare(5, model, torch.device("cpu"))
+    assert cur.order is None  # still pretraining
+    cur.prepare(10, model, torch.device("cpu"))
+    from harness.training.curriculum import pool_perplexity
+    ppl = pool_perplexity(model, task, torch.device("cpu"))
+    assert [ppl[i] for i in cur.order] == sorted(ppl)
+    assert [cur.phase(s) for s in (10, 19, 20, 29, 30, 49)] == [0, 0, 1, 1, 2, 2]
+    low = set(cur.order[:20])
+    assert set(cur.batch(12, 64, seed=0).ids.tolist()) <= low
+    assert set(cur.batch(25, 64, seed=0).ids.tolist()) <= set(cur.order[:40])
+    assert set(cur.batch(40, 256, seed=0).ids.tolist()) - set(cur.order[:40])  # high third
+    only = Curriculum(cfg.model_copy(update={"cumulative": False}), task, 50)
+    only.order = cur.order
+    assert set(only.batch(40, 64, seed=0).ids.tolist()) <= set(cur.order[40:])
+
+
+def test_perplexity_matches_a_hand_computation():
+    from harness.training.curriculum import pool_perplexity
+
+    task = copy_task(n_train=3)
+    torch.manual_seed(0)
+    model = Seq2Seq(ModelConfig(embed=8, hidden=8), task.src_vocab_size, task.tgt_vocab_size)
+    model.eval()
+    batch = task.pool_batch([1])
+    with torch.no_grad():
+        log_p = torch.log_softmax(model(batch), -1)[0]
+    target = batch.tgt[0, : int(batch.tgt_len[0])]
+    expected = torch.exp(-log_p[torch.arange(len(target)), target].mean())
+    assert pool_perplexity(model, task, torch.device("cpu"))[1] == pytest.approx(
+        float(expected), rel=1e-5)
+
+
+def test_perplexity_curriculum_needs_a_pool():
+    with pytest.raises(ValueError, match="set params.n_train"):
+        Curriculum(CurriculumConfig(kind="perplexity"), copy_task(), 10)
+
+
+def test_perplexity_curriculum_scores_with_a_named_earlier_trial(tmp_path):
+    from harness.tracking import prepare_experiment
+
+    suite = {
+        "name": "ppl",
+        "tasks": [{"name": "copy", "params": {"vocab": 5, "min_len": 2, "max_len": 6,
+                                               "n_valid": 16, "n_test": 16, "n_train": 64}}],
+        "base": {"model": {"embed": 8, "hidden": 8},
+                 "train": {"steps": 6, "batch_size": 8, "eval_every": 6}},
+        "axes": {"c": {"plain": {}, "scored": {"train.curriculum": {
+            "kind": "perplexity", "from_trial": "plain|copy|s0", "phases": [1, 1, 1]}}}},
+        "seeds": [0], "metrics": ["exact_match"]}
+    path = tmp_path / "ppl.yaml"
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    plain, scored = load_suite(path).trials()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runtime = Runtime(uri, prepare_experiment(uri, "ppl", tmp_path / "art"), None)
+    with pytest.raises(Exception, match=re.escape("no finished trial 'plain|copy|s0'")):
+        execute_trial(scored, runtime)
+    execute_trial(plain, runtime)
+    final = execute_trial(scored, runtime)
+    assert 0 <= final["test.token_accuracy"] <= 1

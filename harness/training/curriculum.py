@@ -8,6 +8,12 @@ Difficulty here is target length (every seq2seq task exposes ``length_bounds``),
 - ``adaptive`` (SPEC "Adaptive Difficulty Adjustment"): a fraction p(hard) = min(1, p0 + alpha
   * accuracy) of each batch is hard (longer than the ``hard_from`` point of the length range),
   the rest easy; accuracy is a running average of training token accuracy.
+- ``perplexity`` (SPEC "Perplexity-Based Ordering"): every example of the task's finite
+  training pool is scored by PPL(x) = exp(-1/T sum_t log P(x_t | x_<t)) under a pretrained model
+  (the trial's own model after a teacher-forced pretraining stage of ``pretrain_steps``, or the
+  final model of a named earlier trial, ``from_trial``), the pool is split into thirds (low,
+  medium, high perplexity) and training runs three phases of configurable length over them,
+  each phase adding the next third (``cumulative``) or using only its own.
 - ``naive``, ``mix``, ``combined`` (Zaremba & Sutskever 2014, "Learning to Execute"): naive
   trains at one difficulty and moves up one stage (``stage_size`` lengths) when the running
   accuracy reaches ``advance_at``; mix draws every example from the whole range as the task
@@ -30,14 +36,14 @@ from harness.training.schedules import (
     curriculum_length,
     hard_fraction,
 )
-from tasks.base import Seq2SeqBatch, Task, concat_batches
+from tasks.base import PAD, Seq2SeqBatch, Task, concat_batches
 
 HARD_STREAM = 7919  # a second seed stream for the hard part of a mixed batch
 
 
 class CurriculumConfig(Strict):
-    kind: Literal["none", "length_linear", "length_exponential", "adaptive", "naive", "mix",
-                  "combined"] = "none"
+    kind: Literal["none", "length_linear", "length_exponential", "adaptive", "perplexity",
+                  "naive", "mix", "combined"] = "none"
     start: int = Field(2, ge=1, description="L_start of the length curricula and of naive")
     alpha: float = Field(0.01, ge=0, description="length_linear: L_t slope; adaptive: "
                          "p(hard) slope in accuracy")
@@ -51,13 +57,28 @@ class CurriculumConfig(Strict):
     advance_at: float = Field(0.9, gt=0, le=1, description="naive/combined: running accuracy "
                               "that moves to the next stage")
     mix_fraction: float = Field(0.2, ge=0, le=1, description="combined: share drawn as in mix")
+    pretrain_steps: int = Field(200, ge=0, description="perplexity: teacher-forced steps on the "
+                                "whole pool before scoring (ignored with from_trial)")
+    from_trial: str | None = Field(None, description="perplexity: score with the final model "
+                                   "of this trial key ('SUITE:KEY' for another suite)")
+    phases: list[float] = Field(default_factory=lambda: [1 / 3, 1 / 3, 1 / 3], min_length=3,
+                                max_length=3, description="perplexity: relative lengths of the "
+                                "low, medium and high phases")
+    cumulative: bool = Field(True, description="perplexity: later phases keep earlier thirds")
 
 
 class Curriculum:
     """Builds each training batch and keeps the state the curriculum needs (checkpointed)."""
 
-    def __init__(self, cfg: CurriculumConfig, task: Task) -> None:
+    def __init__(self, cfg: CurriculumConfig, task: Task, total_steps: int = 0,
+                 scorer: torch.nn.Module | None = None) -> None:
         self.cfg, self.task = cfg, task
+        self.total_steps = total_steps
+        self.scorer = scorer
+        self.order: list[int] | None = None  # pool ids by increasing perplexity
+        if cfg.kind == "perplexity" and task.train_pool_size is None:
+            raise ValueError(f"the perplexity curriculum needs a finite training pool; task "
+                             f"'{task.name}' has none (for the copy task set params.n_train)")
         self.shortest, self.longest = task.length_bounds
         self.accuracy = RunningAccuracy(cfg.ema)
         self.stage_max = min(self.longest, max(self.shortest, cfg.start))
@@ -71,8 +92,45 @@ class Curriculum:
                                             tau=self.cfg.tau)
         return max(self.shortest, curriculum_length(length_cfg, step, self.longest))
 
+    # -- perplexity ordering -------------------------------------------------------------
+    @property
+    def scoring_step(self) -> int:
+        return 0 if self.cfg.from_trial else self.cfg.pretrain_steps
+
+    def prepare(self, step: int, model: torch.nn.Module, device: torch.device) -> None:
+        """Score the pool once the pretraining stage is over (perplexity curriculum)."""
+        if self.cfg.kind != "perplexity" or self.order is not None or step < self.scoring_step:
+            return
+        ppl = pool_perplexity(self.scorer or model, self.task, device)
+        self.order = sorted(range(len(ppl)), key=lambda i: (ppl[i], i))
+
+    def phase(self, step: int) -> int:
+        """0, 1, 2: the low, medium, high perplexity phase of ``step``."""
+        fractions = self.cfg.phases
+        span = max(self.total_steps - self.scoring_step, 1)
+        ends, acc = [], 0.0
+        for f in fractions:
+            acc += f / sum(fractions)
+            ends.append(self.scoring_step + acc * span)
+        return next((k for k, end in enumerate(ends) if step < end), 2)
+
+    def _perplexity_batch(self, step: int, batch_size: int, seed: int) -> Seq2SeqBatch:
+        if self.order is None:  # the pretraining stage: the whole pool, uniformly
+            self.last = {"curriculum.phase": -1.0}
+            return self.task.train_batch(step, batch_size, seed)
+        phase = self.phase(step)
+        thirds = [self.order[k * len(self.order) // 3:(k + 1) * len(self.order) // 3]
+                  for k in range(3)]
+        allowed = [i for k in range(phase + 1) for i in thirds[k]] if self.cfg.cumulative \
+            else thirds[phase]
+        self.last = {"curriculum.phase": float(phase)}
+        ids = self.task.draw_pool_ids(step, batch_size, seed, allowed=allowed)
+        return self.task.pool_batch(ids)
+
     def batch(self, step: int, batch_size: int, seed: int) -> Seq2SeqBatch:
         kind, task = self.cfg.kind, self.task
+        if kind == "perplexity":
+            return self._perplexity_batch(step, batch_size, seed)
         if kind == "none" or kind == "mix":
             self.last = {}
             return task.train_batch(step, batch_size, seed)
@@ -116,12 +174,34 @@ class Curriculum:
             self.stage_max = min(self.longest, self.stage_max + self.cfg.stage_size)
             self.accuracy.value = 0.0  # a new stage starts from scratch
 
-    def state_dict(self) -> dict[str, float]:
-        return {"accuracy": self.accuracy.value, "stage_max": self.stage_max}
+    def state_dict(self) -> dict:
+        return {"accuracy": self.accuracy.value, "stage_max": self.stage_max,
+                "order": self.order}
 
-    def load_state_dict(self, state: dict[str, float]) -> None:
+    def load_state_dict(self, state: dict) -> None:
         self.accuracy.value = float(state["accuracy"])
         self.stage_max = int(state["stage_max"])
+        self.order = None if state.get("order") is None else [int(i) for i in state["order"]]
+
+
+@torch.no_grad()
+def pool_perplexity(model: torch.nn.Module, task: Task, device: torch.device,
+                    batch_size: int = 256) -> list[float]:
+    """PPL(x) = exp(-1/T sum_t log P(y_t | y_<t, x)) of every training-pool example under
+    ``model``, teacher-forced (T counts the target tokens and the EOS)."""
+    was_training = model.training
+    model.eval()
+    out: list[float] = []
+    size = task.train_pool_size
+    for start in range(0, size, batch_size):
+        batch = task.pool_batch(list(range(start, min(size, start + batch_size)))).to(device)
+        logits = model(batch)
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch.tgt,
+                                                ignore_index=PAD, reduction="none")
+        tokens = (batch.tgt != PAD).sum(1).clamp(min=1)
+        out += torch.exp(nll.sum(1) / tokens).tolist()
+    model.train(was_training)
+    return out
 
 
 def token_accuracy(logits: torch.Tensor, target: torch.Tensor, pad_id: int) -> float:

@@ -50,6 +50,7 @@ def train(model: Seq2Seq, optimizer: torch.optim.Optimizer, task: Task, cfg: Tra
         started = time.perf_counter()
         eps = techniques.teacher_forcing_prob(state.step)
         rates = techniques.apply_dropout_schedule(model, state.step)
+        techniques.curriculum.prepare(state.step, model, device)
         batch = techniques.curriculum.batch(state.step, cfg.batch_size, seed).to(device)
 
         loss, logits, decoded = model.training_loss(batch, cfg.loss, eps, cfg.sampling.feed)

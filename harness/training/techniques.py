@@ -21,9 +21,10 @@ RATE_NAMES = [f.name for f in fields(DropoutRates) if f.name != "variational"]
 
 class Techniques:
     def __init__(self, cfg: TrainConfig, model: torch.nn.Module,
-                 optimizer: torch.optim.Optimizer, task: Task) -> None:
+                 optimizer: torch.optim.Optimizer, task: Task,
+                 scorer: torch.nn.Module | None = None) -> None:
         self.cfg = cfg
-        self.curriculum = Curriculum(cfg.curriculum, task)
+        self.curriculum = Curriculum(cfg.curriculum, task, cfg.steps, scorer)
         self.clipper = GradientClipper(cfg.clip)
         self.scheduler = make_lr_scheduler(optimizer, cfg.lr_schedule, cfg.steps)
         self.optimizer = optimizer
