@@ -65,7 +65,8 @@ class CopyTask(Task):
     from ``(seed, step)`` and never equal a held-out content sequence: a colliding example is
     resampled. With ``n_train`` the training data is instead a fixed pool (a third stream of
     ``data_seed``, held-out sequences excluded) from which batches are drawn by (seed, step);
-    a finite pool is what the perplexity curriculum scores. Sources carry no EOS; targets are followed by EOS.
+    a finite pool is what the perplexity curriculum scores. Sources carry no EOS; targets are
+    followed by EOS.
     """
 
     name: ClassVar[str] = "copy"
