@@ -86,14 +86,15 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
     task = task_cls(task_cls.Params.model_validate(trial["task"]["params"]))
 
     torch.manual_seed(trial["seed"])
-    model = build_model(cfg.model, task).to(device)
+    aux_tasks = [ref.build() for ref in cfg.train.curriculum.tasks]  # multi-task curriculum
+    model = build_model(cfg.model, task, aux_tasks).to(device)
     optimizer = make_optimizer(model.parameters(), cfg.train)
     state = TrainState()
     scorer = None
     if cfg.train.curriculum.kind == "perplexity" and cfg.train.curriculum.from_trial:
         scorer = load_trial_model(runtime, cfg.train.curriculum.from_trial, trial["suite"],
                                   task, device)
-    techniques = Techniques(cfg.train, model, optimizer, task, scorer)
+    techniques = Techniques(cfg.train, model, optimizer, task, scorer, aux_tasks)
     tracker = None
     if runtime.tracking_uri is not None:
         tracker = TrialTracker(runtime.tracking_uri, runtime.experiment_id, runtime.parent_run_id)

@@ -31,6 +31,10 @@ TECHNIQUES = {
                                                 "beta": 2, "tau": 4}},
     "adaptive": {"train.curriculum": {"kind": "adaptive", "p0": 0.1, "alpha": 1.0}},
     "naive": {"train.curriculum": {"kind": "naive", "advance_at": 0.1, "ema": 0.0}},
+    "perplexity": {"train.curriculum": {"kind": "perplexity", "pretrain_steps": 3}},
+    "multitask": {"train.curriculum": {"kind": "multitask", "introduce_every": 2, "tasks": [
+        {"name": "copy", "params": {"variant": "reverse", "vocab": 4, "min_len": 1,
+                                    "max_len": 4, "n_valid": 4, "n_test": 4}}]}},
     "mix": {"train.curriculum": {"kind": "mix"}},
     "combined": {"train.curriculum": {"kind": "combined", "mix_fraction": 0.25}},
     "clip_norm": {"train.clip": {"kind": "norm", "threshold": 0.5}},
@@ -52,7 +56,7 @@ def trials(tmp_path_factory):
     suite = {
         "name": "techniques",
         "tasks": [{"name": "copy", "params": {"vocab": 5, "min_len": 2, "max_len": 6,
-                                               "n_valid": 16, "n_test": 16}}],
+                                               "n_valid": 16, "n_test": 16, "n_train": 200}}],
         "base": {"model": {"embed": 8, "hidden": 8},
                  "train": {"steps": 8, "batch_size": 8, "eval_every": 4, "log_every": 2}},
         "axes": {"technique": TECHNIQUES},
@@ -71,7 +75,7 @@ def test_technique_trains_end_to_end(trials, technique):
 
 
 @pytest.mark.parametrize("technique", ["linear", "length_linear", "naive", "clip_adaptive",
-                                       "lr_cosine", "dropout_schedule"])
+                                       "lr_cosine", "dropout_schedule", "perplexity"])
 def test_resumed_trial_with_techniques_equals_uninterrupted(trials, technique):
     payloads: list[bytes] = []
 
@@ -259,3 +263,90 @@ def test_perplexity_curriculum_scores_with_a_named_earlier_trial(tmp_path):
     execute_trial(plain, runtime)
     final = execute_trial(scored, runtime)
     assert 0 <= final["test.token_accuracy"] <= 1
+
+
+MULTITASK = {"kind": "multitask", "temperature": 0.5, "introduce_every": 3,
+             "tasks": [{"name": "copy", "label": "short_copy",
+                        "params": {"vocab": 3, "min_len": 1, "max_len": 3, "n_valid": 4,
+                                   "n_test": 4}},
+                       {"name": "copy", "label": "reverse",
+                        "params": {"variant": "reverse", "vocab": 5, "min_len": 2,
+                                   "max_len": 6, "n_valid": 4, "n_test": 4}}]}
+
+
+def multitask_curriculum(**changes):
+    from harness.training.multitask import MultiTaskCurriculum
+
+    cfg = CurriculumConfig(**{**MULTITASK, **changes})
+    aux = [ref.build() for ref in cfg.tasks]
+    return MultiTaskCurriculum(cfg, copy_task(), aux, ["main", "short_copy", "reverse"])
+
+
+def test_multitask_introduces_tasks_in_declared_order_and_keeps_them():
+    cur = multitask_curriculum()
+    assert [cur.active(s) for s in (0, 2, 3, 6, 100)] == [[1], [1], [1, 2], [1, 2, 0],
+                                                          [1, 2, 0]]
+    assert multitask_curriculum(main_first=True).active(3) == [0, 1]
+    assert multitask_curriculum(introduce_every=0).active(0) == [1, 2, 0]
+
+
+def test_multitask_weights_are_a_softmax_of_log_performance():
+    cur = multitask_curriculum()
+    cur.performance[1].value, cur.performance[2].value, cur.performance[0].value = 0.8, 0.2, 0.0
+    weights = cur.weights(10)  # perf floored at 0.01; tau = 0.5: w_i ~ perf_i^2
+    total = 0.8**2 + 0.2**2 + 0.01**2
+    assert weights == pytest.approx({1: 0.8**2 / total, 2: 0.2**2 / total, 0: 0.01**2 / total})
+    parts = cur.parts(10, 4, seed=0)
+    assert [(i, w) for i, w, _ in parts] == pytest.approx(list(weights.items()))
+    assert cur.last["curriculum.weight.short_copy"] == pytest.approx(weights[1])
+
+
+def test_multitask_model_has_task_specific_io_where_vocabularies_differ():
+    main = copy_task()
+    same, other = copy_task(), copy_task(vocab=3)
+    model = Seq2Seq(ModelConfig(embed=8, hidden=8), main.src_vocab_size, main.tgt_vocab_size,
+                    [(same.src_vocab_size, same.tgt_vocab_size),
+                     (other.src_vocab_size, other.tgt_vocab_size)])
+    assert model.io_of == [None, None, 0] and len(model.task_io) == 1
+    model.select(2)
+    logits = model(other.train_batch(0, 4, seed=0))
+    assert logits.shape[-1] == other.tgt_vocab_size
+    model.select(0)
+    assert model(main.train_batch(0, 4, seed=0)).shape[-1] == main.tgt_vocab_size
+    with pytest.raises(ValueError, match="out of range"):
+        model.select(3)
+
+
+def test_multitask_trial_trains_end_to_end_and_resumes_exactly(tmp_path):
+    suite = {"name": "mt", "tasks": [{"name": "copy", "params": {
+                 "vocab": 5, "min_len": 2, "max_len": 6, "n_valid": 16, "n_test": 16}}],
+             "base": {"model": {"embed": 8, "hidden": 8},
+                      "train": {"steps": 8, "batch_size": 8, "eval_every": 4, "log_every": 2,
+                                "curriculum": MULTITASK}},
+             "seeds": [0], "metrics": ["exact_match"]}
+    path = tmp_path / "mt.yaml"
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    (trial,) = load_suite(path).trials()
+    payloads = []
+
+    def keep(metrics, payload):
+        if payload is not None:
+            buffer = io.BytesIO()
+            torch.save(payload, buffer)
+            payloads.append(buffer.getvalue())
+
+    full = execute_trial(trial, Runtime(None, None, None), report=keep)
+    middle = torch.load(io.BytesIO(payloads[0]), weights_only=True)
+    resumed = execute_trial(trial, Runtime(None, None, None), resume=middle)
+    assert {k: v for k, v in resumed.items() if k.startswith("test.")} == \
+        {k: v for k, v in full.items() if k.startswith("test.")}
+
+
+def test_multitask_auxiliary_task_errors_name_the_field():
+    with pytest.raises(ValueError, match="unknown task 'nope'; installed tasks: .*copy"):
+        CurriculumConfig(kind="multitask", tasks=[{"name": "nope"}])
+    with pytest.raises(ValueError, match="min_len"):
+        CurriculumConfig(kind="multitask", tasks=[{"name": "copy",
+                                                   "params": {"min_len": 0}}])
+    with pytest.raises(ValueError, match="at least one auxiliary task"):
+        CurriculumConfig(kind="multitask")

@@ -120,6 +120,20 @@ class FusedLSTMLayer(nn.Module):
         return h, (h, c)
 
 
+def _per_step(x: torch.Tensor, hid: int | None = None) -> list:
+    """x [T, B, n H] -> x[t] for every t or, given H, the tuples (x[t], its n H-wide blocks):
+    views made once for all steps (indexing and slicing in the loop cost a call each)."""
+    if hid is None:
+        return list(x.unbind(0))
+    blocks = [x[..., k * hid : (k + 1) * hid].unbind(0) for k in range(x.shape[-1] // hid)]
+    return list(zip(x.unbind(0), *blocks, strict=True))
+
+
+def _per_step_or_same(x: torch.Tensor | None, steps: int) -> list:
+    """A [T, ...] tensor per step, or the same [B, H] (or None) at every step."""
+    return _per_step(x) if x is not None and x.dim() == 3 else [x] * steps
+
+
 class SequenceLoop(torch.autograd.Function):
     """The custom layer's time loop (no self-attention) with a hand-written backward.
 
@@ -156,53 +170,60 @@ class SequenceLoop(torch.autograd.Function):
         w_t = w_hh.t()
         ln: dict[str, list] = {"gates": [], "cell": []}
         if layernorm:
-            xw_gates = xw[..., :four] + gates_bias.reshape(four)
+            xw_gates = _per_step(xw[..., :four] + gates_bias.reshape(four))
+            xw_highway = _per_step(xw[..., four:])
             gain = gates_gain.reshape(four)
+        xw_s, hs_s, cs_s, c_new_s, h_in_s, d_tanh_s = map(
+            _per_step, (xw, hs, cs, c_new, h_in, d_tanh))
+        acts_s, factors_s = _per_step(acts, hid), _per_step(factors, hid)
+        rec_mask_s, keep_h_s, keep_c_s = (_per_step_or_same(m, steps)
+                                          for m in (rec_mask, keep_h, keep_c))
         for t in range(steps):
-            h_prev, c_prev, a, fac = hs[t], cs[t], acts[t], factors[t]
+            h_prev, c_prev, h_in_t = hs_s[t], cs_s[t], h_in_s[t]
+            a, i, f, g, o, *tr = acts_s[t]
+            fac, fac_i, fac_f, fac_g, fac_o, *fac_tr = factors_s[t]
             if rec_mask is not None:
-                torch.mul(h_prev, rec_mask[t] if rec_mask.dim() == 3 else rec_mask, out=h_in[t])
+                torch.mul(h_prev, rec_mask_s[t], out=h_in_t)
             if layernorm:
-                rec = h_in[t] @ w_t
-                norm, mean, rstd = torch.native_layer_norm(
+                rec = h_in_t @ w_t
+                norm, _, rstd = torch.native_layer_norm(
                     rec[:, :four].reshape(batch, 4, hid), (hid,), None, None, eps)
                 torch.addcmul(xw_gates[t], norm.view(batch, four), gain, out=a[:, :four])
                 if highway:
-                    torch.add(xw[t, :, four:], rec[:, four:], out=a[:, four:])
+                    torch.add(xw_highway[t], rec[:, four:], out=tr[0])
                 ln["gates"].append((norm, rstd))
             else:
-                torch.addmm(xw[t], h_in[t], w_t, out=a)
+                torch.addmm(xw_s[t], h_in_t, w_t, out=a)
             # one sigmoid over every gate; tanh(g) = 2 sigma(2 g) - 1 (torch's tanh is ~4x slower)
-            g = a[:, 2 * hid : 3 * hid]
             g.mul_(2)
             a.sigmoid_()
             g.mul_(2).sub_(1)
-            i, f, o = a[:, :hid], a[:, hid : 2 * hid], a[:, 3 * hid : four]
-            c = torch.mul(f, c_prev, out=c_new[t]).addcmul_(i, g)
+            c = torch.mul(f, c_prev, out=c_new_s[t]).addcmul_(i, g)
             if keep_c is not None:
-                torch.lerp(c, c_prev, keep_c[t], out=cs[t + 1])
+                torch.lerp(c, c_prev, keep_c_s[t], out=cs_s[t + 1])
             if layernorm:
                 c_hat, mean, rstd = torch.native_layer_norm(c, (hid,), cell_gain, cell_bias, eps)
                 ln["cell"].append((mean, rstd))
                 tanh_c = torch.tanh(c_hat)
             else:
                 tanh_c = torch.tanh(c)
-            h_cell = o * tanh_c
-            torch.addcmul(o, h_cell, tanh_c, value=-1, out=d_tanh[t])  # o (1 - tanh^2)
+            last = not (highway or residual_step or keep_h is not None)
+            h = torch.mul(o, tanh_c, out=hs_s[t + 1] if last else None)
+            torch.addcmul(o, h, tanh_c, value=-1, out=d_tanh_s[t])  # o (1 - tanh^2)
             torch.addcmul(a, a, a, value=-1, out=fac)  # s (1 - s)
-            fac[:, :hid].mul_(g)
-            fac[:, hid : 2 * hid].mul_(c_prev)
-            torch.addcmul(i, i * g, g, value=-1, out=fac[:, 2 * hid : 3 * hid])  # i (1 - g^2)
-            fac[:, 3 * hid : four].mul_(tanh_c)
-            h = h_cell
+            fac_i.mul_(g)
+            fac_f.mul_(c_prev)
+            torch.addcmul(i, i * g, g, value=-1, out=fac_g)  # i (1 - g^2)
+            fac_o.mul_(tanh_c)
             if highway:
-                fac[:, four:].mul_(h_cell - h_prev)
-                h = torch.lerp(h_prev, h_cell, a[:, four:])
+                fac_tr[0].mul_(h - h_prev)
+                h = torch.lerp(h_prev, h, tr[0])
             if residual_step:
                 h = h_prev + h
             if keep_h is not None:
-                h = torch.lerp(h, h_prev, keep_h[t])
-            hs[t + 1] = h
+                h = torch.lerp(h, h_prev, keep_h_s[t])
+            if not last:
+                hs_s[t + 1].copy_(h)
         out = hs[1:].transpose(0, 1)
         # out is saved so that autograd refuses a backward after an in-place change of it (a
         # view: it shares its version counter with hs)
@@ -220,9 +241,8 @@ class SequenceLoop(torch.autograd.Function):
         highway, residual_step = ctx.options
         steps, batch, width = acts.shape
         hid = d_tanh.shape[2]
-        four = 4 * hid
+        three, four = 3 * hid, 4 * hid
         layernorm = gates_gain is not None
-        d_out = d_out.transpose(0, 1)  # [T, B, H]
         d_xw = acts.new_empty(steps, batch, width)  # dL/d(pre-activations) = dgates
         d_rec = acts.new_empty(steps, batch, width) if layernorm else d_xw
         d_c_hat = acts.new_empty(steps, batch, hid) if layernorm else None
@@ -230,54 +250,64 @@ class SequenceLoop(torch.autograd.Function):
             gain = gates_gain.reshape(four)
             zero, one = acts.new_zeros(batch, 4, 1), acts.new_ones(batch, 4, 1)
             d_gain = acts.new_empty(steps, four)
+            d_gain_s, d_c_hat_s, c_new_s = map(_per_step, (d_gain, d_c_hat, c_new))
+            d_rec_s = _per_step(d_rec[..., :four].unflatten(-1, (4, hid)))
+        d_out_s, d_tanh_s, d_xw_s, d_rec_all = map(_per_step, (
+            d_out.transpose(0, 1), d_tanh, d_xw, d_rec))
+        # [i, f, g] blocks of the factors and of dgates as [B, 3, H], and the o, T blocks
+        fac3_s, dz3_s = (_per_step(x[..., :three].unflatten(-1, (3, hid)))
+                         for x in (factors, d_xw))
+        fac_o_s, dz_o_s = (_per_step(x[..., three:four]) for x in (factors, d_xw))
+        if highway:
+            tr_s, fac_tr_s, dz_tr_s = (_per_step(x[..., four:]) for x in (acts, factors, d_xw))
+        f_s = _per_step(acts[..., hid : 2 * hid])
+        rec_mask_s, keep_h_s, keep_c_s = (_per_step_or_same(m, steps)
+                                          for m in (rec_mask, keep_h, keep_c))
         gh, gc = d_h, d_c  # dL/dh_t, dL/dC_t from the later steps
         for t in range(steps - 1, -1, -1):
-            a, fac, dz = acts[t], factors[t], d_xw[t]
-            gh = gh + d_out[t]
+            gh = gh + d_out_s[t]
             gh_prev = None
             if keep_h is not None:  # h_t = (1 - k) h + k h_{t-1}
-                gh_prev = gh * keep_h[t]
+                gh_prev = gh * keep_h_s[t]
                 gh = gh - gh_prev
             if residual_step:  # h = h_{t-1} + h~
                 gh_prev = gh if gh_prev is None else gh_prev + gh
             if highway:  # h = T h~ + (1 - T) h_{t-1}
-                tr = a[:, four:]
-                torch.mul(gh, fac[:, four:], out=dz[:, four:])
-                gh_tr = gh * tr
+                torch.mul(gh, fac_tr_s[t], out=dz_tr_s[t])
+                gh_tr = gh * tr_s[t]
                 gh_prev = gh - gh_tr if gh_prev is None else gh_prev + gh - gh_tr
                 gh = gh_tr
             # h~ = o tanh(C^), C^ = LN(C_t) or C_t; C_t = (1 - k) C~ + k C_{t-1}
-            torch.mul(gh, fac[:, 3 * hid : four], out=dz[:, 3 * hid : four])
-            gc_keep = None if keep_c is None else gc * keep_c[t]
+            torch.mul(gh, fac_o_s[t], out=dz_o_s[t])
+            gc_keep = None if keep_c is None else gc * keep_c_s[t]
             if layernorm:
-                torch.mul(gh, d_tanh[t], out=d_c_hat[t])
+                torch.mul(gh, d_tanh_s[t], out=d_c_hat_s[t])
                 mean, rstd = ln["cell"][t]
                 dc = torch.ops.aten.native_layer_norm_backward(
-                    d_c_hat[t], c_new[t], (hid,), mean, rstd, cell_gain, cell_bias,
+                    d_c_hat_s[t], c_new_s[t], (hid,), mean, rstd, cell_gain, cell_bias,
                     [True, False, False])[0].add_(gc)
             else:
-                dc = torch.addcmul(gc, gh, d_tanh[t])
+                dc = torch.addcmul(gc, gh, d_tanh_s[t])
             if gc_keep is not None:
                 dc.sub_(gc_keep)
             # C~ = f C_{t-1} + i g
-            torch.mul(dc.unsqueeze(1), fac[:, : 3 * hid].view(batch, 3, hid),
-                      out=dz[:, : 3 * hid].view(batch, 3, hid))
-            gc = dc * a[:, hid : 2 * hid] if gc_keep is None else gc_keep.addcmul_(
-                dc, a[:, hid : 2 * hid])
+            torch.mul(dc.unsqueeze(1), fac3_s[t], out=dz3_s[t])
+            gc = dc * f_s[t] if gc_keep is None else gc_keep.addcmul_(dc, f_s[t])
             if layernorm:
                 # LN backward from the normalised values: with mean 0 and rstd 1 it reads them
                 # as x^ and leaves out the 1 / std factor, applied after
                 norm, rstd = ln["gates"][t]
-                d_norm = (dz[:, :four] * gain).view(batch, 4, hid)
-                torch.linalg.vecdot(dz[:, :four], norm.view(batch, four), dim=0, out=d_gain[t])
+                dz = d_xw_s[t][:, :four]
+                torch.linalg.vecdot(dz, norm.view(batch, four), dim=0, out=d_gain_s[t])
                 d_norm = torch.ops.aten.native_layer_norm_backward(
-                    d_norm, norm, (hid,), zero, one, None, None, [True, False, False])[0]
-                torch.mul(d_norm, rstd, out=d_rec[t, :, :four].view(batch, 4, hid))
+                    (dz * gain).view(batch, 4, hid), norm, (hid,), zero, one, None, None,
+                    [True, False, False])[0]
+                torch.mul(d_norm, rstd, out=d_rec_s[t])
                 if highway:
-                    d_rec[t, :, four:] = dz[:, four:]
-            d_h_in = d_rec[t] @ w_hh
+                    d_rec_all[t][:, four:] = dz_tr_s[t]
+            d_h_in = d_rec_all[t] @ w_hh
             if rec_mask is not None:
-                d_h_in.mul_(rec_mask[t] if rec_mask.dim() == 3 else rec_mask)
+                d_h_in.mul_(rec_mask_s[t])
             gh = d_h_in if gh_prev is None else d_h_in.add_(gh_prev)
         d_w_hh = d_rec.view(-1, width).t() @ h_in.reshape(-1, hid)
         d_ln = [None] * 4

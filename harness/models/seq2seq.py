@@ -243,7 +243,7 @@ class EncoderDecoder(nn.Module):
         outputs = []
         from_truth = counted = 0
         for t in range(steps):
-            out = self.head(self.output_dropout(self.step(embed(prev), memory, state)))
+            out = self.output(self.output_dropout(self.step(embed(prev), memory, state)))
             outputs.append(out)
             if t + 1 == steps:
                 break
@@ -255,6 +255,10 @@ class EncoderDecoder(nn.Module):
             counted += int(counted_now.sum())
         state.truth_fraction = from_truth / counted if counted else 1.0
         return torch.stack(outputs, 1), state
+
+    def output(self, feats: torch.Tensor) -> torch.Tensor:
+        """The output layer (W_o h + b_o) of the task being trained."""
+        return self.head(feats)
 
     def output_dropout(self, feats: torch.Tensor) -> torch.Tensor:
         return F.dropout(feats, self.rates.output, self.training) if self.rates.output else feats
@@ -268,16 +272,58 @@ class EncoderDecoder(nn.Module):
         return weight * (per_step * token_mask).sum() / token_mask.sum().clamp(min=1)
 
 
-class Seq2Seq(EncoderDecoder):
-    """Tokens to tokens."""
+class TaskIO(nn.Module):
+    """A task's own source and target embeddings and output layer (multi-task models)."""
 
-    def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> None:
+    def __init__(self, embed: int, features: int, src_vocab: int, tgt_vocab: int) -> None:
+        super().__init__()
+        self.src_embed = nn.Embedding(src_vocab, embed, padding_idx=PAD)
+        self.tgt_embed = nn.Embedding(tgt_vocab, embed, padding_idx=PAD)
+        self.head = nn.Linear(features, tgt_vocab)
+
+
+class Seq2Seq(EncoderDecoder):
+    """Tokens to tokens. ``extra_vocabs``: (source, target) vocabulary sizes of further tasks
+    trained with the same encoder and decoder (multi-task curriculum); a task whose
+    vocabularies differ from the first task's gets its own embeddings and output layer, the
+    others share the first task's. ``select(i)`` chooses the task the next calls are for."""
+
+    def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int,
+                 extra_vocabs: list[tuple[int, int]] | None = None) -> None:
         super().__init__(cfg, [cfg.embed], cfg.embed, tgt_vocab)
         self.src_embed = nn.Embedding(src_vocab, cfg.embed, padding_idx=PAD)
         self.tgt_embed = nn.Embedding(tgt_vocab, cfg.embed, padding_idx=PAD)
+        self.task_io = nn.ModuleList()
+        self.io_of = [None]  # task index -> index in task_io (None: the first task's)
+        for src, tgt in extra_vocabs or []:
+            if (src, tgt) == (src_vocab, tgt_vocab):
+                self.io_of.append(None)
+            else:
+                self.io_of.append(len(self.task_io))
+                self.task_io.append(TaskIO(cfg.embed, self.head.in_features, src, tgt))
+        self.active = 0
+
+    def select(self, task_index: int) -> None:
+        if not 0 <= task_index < len(self.io_of):
+            raise ValueError(f"task index {task_index} out of range (model has "
+                             f"{len(self.io_of)} tasks)")
+        self.active = task_index
+
+    def _io(self):
+        index = self.io_of[self.active]
+        return self if index is None else self.task_io[index]
+
+    def embed_src(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._io().src_embed(tokens)
+
+    def embed_tgt(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._io().tgt_embed(tokens)
+
+    def output(self, feats: torch.Tensor) -> torch.Tensor:
+        return self._io().head(feats)
 
     def encode_batch(self, src: torch.Tensor, src_len: torch.Tensor) -> Memory:
-        return self.encode([self.src_embed(src)], src_len)
+        return self.encode([self.embed_src(src)], src_len)
 
     def forward_with_state(self, batch: Seq2SeqBatch, eps: float = 1.0,
                            feed: str = "argmax"):
@@ -286,14 +332,14 @@ class Seq2Seq(EncoderDecoder):
         memory = self.encode_batch(batch.src, batch.src_len)
         truth = decoder_inputs(batch.tgt)
         if eps >= 1.0:
-            feats, state = self.teacher_forced(memory, self.tgt_embed(truth))
-            return self.head(self.output_dropout(feats)), state
+            feats, state = self.teacher_forced(memory, self.embed_tgt(truth))
+            return self.output(self.output_dropout(feats)), state
 
         def predict(logits: torch.Tensor) -> torch.Tensor:
             if feed == "sample":
                 return torch.multinomial(torch.softmax(logits, -1), 1).squeeze(1)
             return logits.argmax(-1)
-        return self.scheduled_sampling(memory, truth, eps, self.tgt_embed, predict,
+        return self.scheduled_sampling(memory, truth, eps, self.embed_tgt, predict,
                                        truth != PAD)
 
     def training_loss(self, batch: Seq2SeqBatch, loss_cfg: LossConfig, eps: float = 1.0,
@@ -325,8 +371,8 @@ class Seq2Seq(EncoderDecoder):
         done = torch.zeros_like(prev, dtype=torch.bool)
         tokens = []
         for _ in range(max_len):
-            feats = self.step(self.tgt_embed(prev), memory, state)
-            prev = self.head(feats).argmax(-1).masked_fill(done, PAD)
+            feats = self.step(self.embed_tgt(prev), memory, state)
+            prev = self.output(feats).argmax(-1).masked_fill(done, PAD)
             tokens.append(prev)
             done |= prev == EOS
             if bool(done.all()):

@@ -27,9 +27,10 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from harness.strict import Strict
+from harness.training.multitask import TaskRef
 from harness.training.schedules import (
     LengthCurriculumConfig,
     RunningAccuracy,
@@ -43,7 +44,7 @@ HARD_STREAM = 7919  # a second seed stream for the hard part of a mixed batch
 
 class CurriculumConfig(Strict):
     kind: Literal["none", "length_linear", "length_exponential", "adaptive", "perplexity",
-                  "naive", "mix", "combined"] = "none"
+                  "naive", "mix", "combined", "multitask"] = "none"
     start: int = Field(2, ge=1, description="L_start of the length curricula and of naive")
     alpha: float = Field(0.01, ge=0, description="length_linear: L_t slope; adaptive: "
                          "p(hard) slope in accuracy")
@@ -65,6 +66,22 @@ class CurriculumConfig(Strict):
                                 max_length=3, description="perplexity: relative lengths of the "
                                 "low, medium and high phases")
     cumulative: bool = Field(True, description="perplexity: later phases keep earlier thirds")
+    tasks: list[TaskRef] = Field(default_factory=list, description="multitask: auxiliary "
+                                 "tasks, in the order they are introduced")
+    temperature: float = Field(1.0, gt=0, description="multitask: tau of the task weights")
+    introduce_every: int = Field(0, ge=0, description="multitask: steps between task "
+                                 "introductions (0: every task from the start)")
+    main_first: bool = Field(False, description="multitask: introduce the trial's task first")
+    perf_floor: float = Field(0.01, gt=0, le=1, description="multitask: floor of perf_i")
+
+    @model_validator(mode="after")
+    def check(self) -> CurriculumConfig:
+        if self.kind == "multitask" and not self.tasks:
+            raise ValueError("the multitask curriculum needs at least one auxiliary task in "
+                             "'tasks'")
+        if self.kind != "multitask" and self.tasks:
+            raise ValueError("'tasks' is only used by kind multitask")
+        return self
 
 
 class Curriculum:
@@ -164,7 +181,12 @@ class Curriculum:
             parts.append(self.task.train_batch(step, n_second, seed + HARD_STREAM, second))
         return parts[0] if len(parts) == 1 else concat_batches(parts)
 
-    def observe(self, token_accuracy: float) -> None:
+    def parts(self, step: int, batch_size: int, seed: int
+              ) -> list[tuple[int, float, Seq2SeqBatch]]:
+        """(task index, loss weight, batch) for this step: one part, the trial's task."""
+        return [(0, 1.0, self.batch(step, batch_size, seed))]
+
+    def observe(self, token_accuracy: float, task_index: int = 0) -> None:
         """Feed the training batch's token accuracy (teacher-forced argmax)."""
         if self.cfg.kind not in ("adaptive", "naive", "combined"):
             return

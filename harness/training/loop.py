@@ -51,9 +51,20 @@ def train(model: Seq2Seq, optimizer: torch.optim.Optimizer, task: Task, cfg: Tra
         eps = techniques.teacher_forcing_prob(state.step)
         rates = techniques.apply_dropout_schedule(model, state.step)
         techniques.curriculum.prepare(state.step, model, device)
-        batch = techniques.curriculum.batch(state.step, cfg.batch_size, seed).to(device)
+        parts = techniques.curriculum.parts(state.step, cfg.batch_size, seed)
 
-        loss, logits, decoded = model.training_loss(batch, cfg.loss, eps, cfg.sampling.feed)
+        loss, tokens, accuracy = 0.0, 0, 0.0
+        for task_index, weight, batch in parts:  # one part unless the curriculum is multi-task
+            batch = batch.to(device)
+            model.select(task_index)
+            part_loss, logits, decoded = model.training_loss(batch, cfg.loss, eps,
+                                                             cfg.sampling.feed)
+            loss = loss + weight * part_loss
+            part_accuracy = token_accuracy(logits.detach(), batch.tgt, PAD)
+            techniques.curriculum.observe(part_accuracy, task_index)
+            tokens += int((batch.src != PAD).sum() + (batch.tgt != PAD).sum())
+            accuracy = part_accuracy if task_index == 0 else accuracy
+        model.select(0)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"loss is {loss.item()} at step {state.step}")
         optimizer.zero_grad(set_to_none=True)
@@ -62,11 +73,9 @@ def train(model: Seq2Seq, optimizer: torch.optim.Optimizer, task: Task, cfg: Tra
         optimizer.step()
         lr = techniques.lr()
         techniques.scheduler.step()
-        accuracy = token_accuracy(logits.detach(), batch.tgt, PAD)
-        techniques.curriculum.observe(accuracy)
 
         state.step += 1
-        state.tokens += int((batch.src != PAD).sum() + (batch.tgt != PAD).sum())
+        state.tokens += tokens
         state.train_seconds += time.perf_counter() - started
         if state.step % cfg.log_every == 0:
             on_log(state, {"train.loss": loss.item(), "train.token_accuracy": accuracy,

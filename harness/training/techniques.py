@@ -13,6 +13,7 @@ from harness.models.dropout import DropoutRates, set_dropout_rates
 from harness.training.clipping import GradientClipper
 from harness.training.curriculum import Curriculum
 from harness.training.lr_schedules import make_lr_scheduler
+from harness.training.multitask import MultiTaskCurriculum
 from harness.training.schedules import dropout_scale, teacher_forcing_prob
 from tasks.base import Task
 
@@ -22,9 +23,15 @@ RATE_NAMES = [f.name for f in fields(DropoutRates) if f.name != "variational"]
 class Techniques:
     def __init__(self, cfg: TrainConfig, model: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, task: Task,
-                 scorer: torch.nn.Module | None = None) -> None:
+                 scorer: torch.nn.Module | None = None,
+                 aux_tasks: list[Task] | None = None) -> None:
         self.cfg = cfg
-        self.curriculum = Curriculum(cfg.curriculum, task, cfg.steps, scorer)
+        if cfg.curriculum.kind == "multitask":
+            refs = cfg.curriculum.tasks
+            labels = [task.name, *[r.label or r.name for r in refs]]
+            self.curriculum = MultiTaskCurriculum(cfg.curriculum, task, aux_tasks or [], labels)
+        else:
+            self.curriculum = Curriculum(cfg.curriculum, task, cfg.steps, scorer)
         self.clipper = GradientClipper(cfg.clip)
         self.scheduler = make_lr_scheduler(optimizer, cfg.lr_schedule, cfg.steps)
         self.optimizer = optimizer
