@@ -4,9 +4,10 @@ The trial's own task (evaluated and tested) and the auxiliary ``tasks`` share th
 decoder; a task whose vocabularies differ has its own embeddings and output layer. Each step
 draws one batch per active task and minimises L_total = sum_i w_i(t) L_i with
 w_i(t) = softmax(log(perf_i(t)) / tau) over the active tasks (tau: ``temperature``), perf_i a
-running token accuracy (floored at ``perf_floor`` so the log stays finite). Progressive introduction: tasks enter in
-the order given — the auxiliary tasks as declared, the trial's task last (or first with
-``main_first``) — one every ``introduce_every`` steps, and stay in the mix.
+running token accuracy (floored at ``perf_floor`` so the log stays finite). Progressive
+introduction: tasks enter in the order given (the auxiliary tasks as declared, the trial's
+task last, or first with ``main_first``), one every ``introduce_every`` steps, and stay in
+the mix.
 """
 
 from __future__ import annotations
