@@ -8,14 +8,16 @@ training mode: x [B, T, X] (requires grad, as embeddings below it would) -> outp
 ``outputs.backward(g)`` with a fixed random g; gradients are dropped (set to None) between
 repeats, as ``zero_grad`` does. tokens/s = B * T / median seconds per forward + backward, after
 a warm-up. The ratio ("x nn.LSTM") is the variant's speed over that of nn.LSTM with the same
-layers / directions at the same size, the two timed in alternating blocks of 3 runs (the first
-of each block untimed) in the same process, so that load from other processes on a shared
-machine hits both alike.
+layers / directions at the same size: the two run in alternating blocks of 3 (the first of each
+block untimed) in the same process, and the ratio is the median over blocks of the ratio of
+their times in neighbouring blocks, so that load from other processes on a shared machine
+hits both alike.
 
 Peak MB: every (variant, size) runs in a fresh subprocess. After the warm-up, glibc's free memory
-is handed back to the OS (malloc_trim), VmHWM is reset by writing 5 to /proc/self/clear_refs, one
-more forward + backward of the variant runs, and peak MB = VmHWM - VmRSS at the reset (activations, saved
-tensors and gradients of that step, plus allocator fragmentation; the weights are not counted).
+is handed back to the OS (malloc_trim), VmHWM is reset by writing 5 to /proc/self/clear_refs,
+one more forward + backward of the variant runs, and peak MB = VmHWM - VmRSS at the reset
+(activations, saved tensors and gradients of that step, plus allocator fragmentation; the
+weights are not counted).
 
 The table is printed and written to benchmarks/results/cells.md.
 """
@@ -141,7 +143,11 @@ def measure(name: str, size: tuple[int, int, int], budget_s: float) -> dict:
                 run()
                 times[key].append(time.perf_counter() - t0)
     median = {k: statistics.median(v) for k, v in times.items()}
-    ratio = median["baseline"] / median["variant"] if "baseline" in median else 1.0
+    ratio = 1.0
+    if "baseline" in times:  # the median over blocks of the ratio within a block
+        per_block = [[sum(t[i : i + BLOCK - 1]) for i in range(0, len(t), BLOCK - 1)]
+                     for t in (times["baseline"], times["variant"])]
+        ratio = statistics.median(b / v for b, v in zip(*per_block, strict=True))
     return {"name": name, "path": path, "size": list(size),
             "tokens_s": batch * steps / median["variant"], "ratio": ratio,
             "repeats": len(times["variant"]), "peak_mb": peak_mb}
@@ -201,7 +207,7 @@ def table(rows: dict, variants: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="variant names (default: all)")
-    parser.add_argument("--budget", type=float, default=2.0, help="timing seconds per run")
+    parser.add_argument("--budget", type=float, default=3.0, help="timing seconds per run")
     parser.add_argument("--quick", action="store_true", help="budget 0.7 s per run")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -228,12 +234,14 @@ def main() -> None:
                   file=sys.stderr)
     text = table(rows, variants)
     command = "python " + " ".join(["benchmarks/cells.py"] + sys.argv[1:])
+    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     report = (f"# LSTMStack cell variants vs nn.LSTM: forward + backward training speed\n\n"
-              f"Machine: {machine}.\n\nCommand: `{command}` "
+              f"Machine: {machine}, {load_end:.2f} at the end.\n\nCommand: `{command}` "
               f"({time.perf_counter() - started:.0f} s).\n\n"
               f"1 layer unless the notes say otherwise; each ratio is to nn.LSTM with the same "
-              f"layers and directions at the same size, timed alternately with the variant in "
-              f"the same process. Method: see the docstring of benchmarks/cells.py.\n\n{text}\n")
+              f"layers and directions at the same size, timed in alternating blocks with the "
+              f"variant in the same process. Method: see the docstring of "
+              f"benchmarks/cells.py.\n\n{text}\n")
     print(report)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

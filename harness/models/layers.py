@@ -162,7 +162,12 @@ class SequenceLoop(torch.autograd.Function):
         hs[0], cs[0] = h0, c0
         c_new = cs[1:] if keep_c is None else xw.new_empty(steps, batch, hid)  # C_t before zoneout
         h_in = hs[:-1] if rec_mask is None else xw.new_empty(steps, batch, hid)
-        acts = xw.new_empty(steps, batch, width)  # sigma(i), sigma(f), tanh(g), sigma(o) [, T]
+        # the step's sigma(i), sigma(f), tanh(g), sigma(o) [, T], in one buffer reused (in
+        # cache); f [and T] of every step are kept for the backward
+        a = xw.new_empty(batch, width)
+        a_blocks = a.split(hid, 1)
+        kept = xw.new_empty(2 if highway else 1, steps, batch, hid)
+        kept_s = [_per_step(k) for k in kept]
         # dL/d(gates_t) = [dC i' g, dC f' C_{t-1}, dC g' i, dh o' tanh(C^) (, dh T' (h~ - h_{t-1}))]
         # with the factors after dC / dh kept here; dL/dC^ = dh o tanh'(C^) (dh: dL/dh~)
         factors = xw.new_empty(steps, batch, width)
@@ -175,12 +180,12 @@ class SequenceLoop(torch.autograd.Function):
             gain = gates_gain.reshape(four)
         xw_s, hs_s, cs_s, c_new_s, h_in_s, d_tanh_s = map(
             _per_step, (xw, hs, cs, c_new, h_in, d_tanh))
-        acts_s, factors_s = _per_step(acts, hid), _per_step(factors, hid)
+        factors_s = _per_step(factors, hid)
         rec_mask_s, keep_h_s, keep_c_s = (_per_step_or_same(m, steps)
                                           for m in (rec_mask, keep_h, keep_c))
         for t in range(steps):
             h_prev, c_prev, h_in_t = hs_s[t], cs_s[t], h_in_s[t]
-            a, i, f, g, o, *tr = acts_s[t]
+            i, f, g, o, *tr = a_blocks
             fac, fac_i, fac_f, fac_g, fac_o, *fac_tr = factors_s[t]
             if rec_mask is not None:
                 torch.mul(h_prev, rec_mask_s[t], out=h_in_t)
@@ -198,6 +203,8 @@ class SequenceLoop(torch.autograd.Function):
             g.mul_(2)
             a.sigmoid_()
             g.mul_(2).sub_(1)
+            for k, block in zip(kept_s, (f, *tr), strict=True):
+                k[t].copy_(block)
             c = torch.mul(f, c_prev, out=c_new_s[t]).addcmul_(i, g)
             if keep_c is not None:
                 torch.lerp(c, c_prev, keep_c_s[t], out=cs_s[t + 1])
@@ -229,7 +236,7 @@ class SequenceLoop(torch.autograd.Function):
         # view: it shares its version counter with hs)
         ctx.save_for_backward(w_hh, gates_gain, cell_gain, cell_bias, rec_mask, keep_h, keep_c,
                               out)
-        ctx.buffers = c_new, h_in, acts, factors, d_tanh, ln
+        ctx.buffers = c_new, h_in, kept, factors, d_tanh, ln
         ctx.options = highway, residual_step
         return out, hs[steps].clone(), cs[steps].clone()
 
@@ -237,20 +244,20 @@ class SequenceLoop(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, d_out, d_h, d_c):
         w_hh, gates_gain, cell_gain, cell_bias, rec_mask, keep_h, keep_c, _ = ctx.saved_tensors
-        c_new, h_in, acts, factors, d_tanh, ln = ctx.buffers
+        c_new, h_in, kept, factors, d_tanh, ln = ctx.buffers
         highway, residual_step = ctx.options
-        steps, batch, width = acts.shape
+        steps, batch, width = factors.shape
         hid = d_tanh.shape[2]
         three, four = 3 * hid, 4 * hid
         layernorm = gates_gain is not None
-        d_xw = acts.new_empty(steps, batch, width)  # dL/d(pre-activations) = dgates
-        d_rec = acts.new_empty(steps, batch, width) if layernorm else d_xw
-        d_c_hat = acts.new_empty(steps, batch, hid) if layernorm else None
+        d_xw = factors.new_empty(steps, batch, width)  # dL/d(pre-activations) = dgates
+        d_rec = factors.new_empty(steps, batch, width) if layernorm else d_xw
+        d_c_hat = factors.new_empty(steps, batch, hid) if layernorm else None
         if layernorm:
             gain = gates_gain.reshape(four)
-            zero, one = acts.new_zeros(batch, 4, 1), acts.new_ones(batch, 4, 1)
-            d_gain = acts.new_empty(steps, four)
-            d_gain_s, d_c_hat_s, c_new_s = map(_per_step, (d_gain, d_c_hat, c_new))
+            zero, one = factors.new_zeros(batch, 4, 1), factors.new_ones(batch, 4, 1)
+            d_gain = factors.new_zeros(batch, four)  # summed over the batch after the loop
+            d_c_hat_s, c_new_s = map(_per_step, (d_c_hat, c_new))
             d_rec_s = _per_step(d_rec[..., :four].unflatten(-1, (4, hid)))
         d_out_s, d_tanh_s, d_xw_s, d_rec_all = map(_per_step, (
             d_out.transpose(0, 1), d_tanh, d_xw, d_rec))
@@ -259,8 +266,9 @@ class SequenceLoop(torch.autograd.Function):
                          for x in (factors, d_xw))
         fac_o_s, dz_o_s = (_per_step(x[..., three:four]) for x in (factors, d_xw))
         if highway:
-            tr_s, fac_tr_s, dz_tr_s = (_per_step(x[..., four:]) for x in (acts, factors, d_xw))
-        f_s = _per_step(acts[..., hid : 2 * hid])
+            tr_s = _per_step(kept[1])
+            fac_tr_s, dz_tr_s = (_per_step(x[..., four:]) for x in (factors, d_xw))
+        f_s = _per_step(kept[0])
         rec_mask_s, keep_h_s, keep_c_s = (_per_step_or_same(m, steps)
                                           for m in (rec_mask, keep_h, keep_c))
         gh, gc = d_h, d_c  # dL/dh_t, dL/dC_t from the later steps
@@ -298,7 +306,7 @@ class SequenceLoop(torch.autograd.Function):
                 # as x^ and leaves out the 1 / std factor, applied after
                 norm, rstd = ln["gates"][t]
                 dz = d_xw_s[t][:, :four]
-                torch.linalg.vecdot(dz, norm.view(batch, four), dim=0, out=d_gain_s[t])
+                d_gain.addcmul_(dz, norm.view(batch, four))
                 d_norm = torch.ops.aten.native_layer_norm_backward(
                     (dz * gain).view(batch, 4, hid), norm, (hid,), zero, one, None, None,
                     [True, False, False])[0]
@@ -469,9 +477,12 @@ class CustomLSTMLayer(nn.Module):
         if self.fast and not self.self_attention:
             return self._fast_forward(xw, state, valid, masks)
         outputs = []
+        # unbind: one backward node for all steps (xw[t] would zero-fill a [T, B, G H] gradient
+        # for every step)
+        xw_steps = xw.unbind(0)
         for t in range(steps):
-            new = self._cell(xw[t], state, tuple(m if m is None or m.dim() == 2 else m[t]
-                                                 for m in masks))
+            new = self._cell(xw_steps[t], state, tuple(m if m is None or m.dim() == 2 else m[t]
+                                                        for m in masks))
             if valid is not None:
                 keep = valid[t]
                 new = (torch.where(keep, new[0], state[0]), torch.where(keep, new[1], state[1]))
