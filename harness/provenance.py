@@ -14,13 +14,15 @@ PACKAGES = ["lstm-harness", "torch", "ray", "mlflow", "optuna", "datasets", "sac
 
 
 def git_commit(cwd: Path) -> str:
-    """HEAD's commit, with ``-dirty`` when tracked files differ from it."""
+    """HEAD's commit, with ``-dirty`` when tracked files outside ``results/`` (the outputs
+    themselves) differ from it."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
                               check=True).stdout.strip()
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                    ":(exclude)results")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return commit + ("-dirty" if dirty else "")
