@@ -13,6 +13,15 @@ import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 
+def save(fig, out_path: Path, dpi: int = 120) -> Path:
+    """Write a figure as PNG (creating its folder) and free it."""
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=dpi)
+    plt.close(fig)
+    return out_path
+
+
 def metric_histories(tracking_uri: str, run_ids: list[str], key: str) -> dict[str, pd.Series]:
     """run id -> the metric's values indexed by step."""
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -50,11 +59,7 @@ def learning_curves(tracking_uri: str, runs: pd.DataFrame, row_of: dict[str, str
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=120)
-    plt.close(fig)
-    return out_path
+    return save(fig, out_path, dpi=120)
 
 
 def attention_heatmap(alpha: np.ndarray, source: list[str], output: list[str],
@@ -68,11 +73,7 @@ def attention_heatmap(alpha: np.ndarray, source: list[str], output: list[str],
     ax.set_ylabel("output step")
     if title:
         ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    return save(fig, out_path, dpi=110)
 
 
 SCHEDULE_KEYS = {"train.eps": "teacher-forcing probability eps_i",
@@ -106,8 +107,4 @@ def schedule_curves(tracking_uri: str, runs: pd.DataFrame, row_of: dict[str, str
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=120)
-    plt.close(fig)
-    return out_path
+    return save(fig, out_path, dpi=120)

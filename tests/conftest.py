@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 TINY_SUITE = """
 name: {name}
@@ -30,3 +31,13 @@ def tiny_suite(tmp_path: Path):
         path.write_text(TINY_SUITE.format(name=name, steps=steps))
         return path
     return write
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny-tensor kernels (layer norm, gradcheck) run far faster on one thread on a busy
+    2-core machine; tests of the cells ask for this fixture."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

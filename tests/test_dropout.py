@@ -20,6 +20,8 @@ from harness.models.layers import CustomLSTMLayer, FusedLSTMLayer
 from harness.models.seq2seq import Seq2Seq
 from harness.models.stack import LSTMStack
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 B, T, X, H = 4, 7, 3, 6
 F64 = torch.float64
 ALL_ON = {"input": 0.3, "recurrent": 0.3, "output": 0.3, "zoneout": 0.3, "zoneout_c": 0.3,
@@ -27,13 +29,6 @@ ALL_ON = {"input": 0.3, "recurrent": 0.3, "output": 0.3, "zoneout": 0.3, "zoneou
 VARIANTS = [{}, {"layernorm": True}, {"highway": True}, {"residual_step": True},
             {"self_attention": True}]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def plain_copy(layer: CustomLSTMLayer) -> CustomLSTMLayer:

@@ -13,17 +13,12 @@ from torch.autograd import gradcheck
 from harness.models.dropout import DropoutRates
 from harness.models.layers import CustomLSTMLayer, SequenceLoop
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 F64 = torch.float64
 B, T, X, H = 3, 5, 4, 3
 LENGTHS = torch.tensor([5, 2, 4])
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # -- gradcheck of the Function ------------------------------------------------------------------

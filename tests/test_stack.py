@@ -15,16 +15,11 @@ from harness.models.seq2seq import Forecaster, ModalityFusion, Seq2Seq
 from harness.models.stack import LSTMStack
 from tasks.base import ForecastBatch
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 B, T, X, H = 3, 6, 4, 5
 TOL = 1e-5
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def assert_close(a: torch.Tensor, b: torch.Tensor, tol: float = TOL) -> None:
