@@ -3,10 +3,8 @@ uninterrupted one does."""
 
 from __future__ import annotations
 
-import io
-
 import pytest
-import torch
+from checkpoints import final_test_metrics, run_keeping_checkpoints
 
 from harness.suite import load_suite
 from harness.trial import Runtime, execute_trial
@@ -14,8 +12,7 @@ from harness.trial import Runtime, execute_trial
 RUNTIME = Runtime(tracking_uri=None, experiment_id=None, parent_run_id=None)
 
 
-def quality(metrics: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in metrics.items() if k.startswith("test.")}
+quality = final_test_metrics
 
 
 @pytest.fixture
@@ -36,17 +33,10 @@ def test_other_seed_other_metrics(trials):
 
 
 def test_resume_from_checkpoint_equals_uninterrupted_run(trials):
-    checkpoints: list[bytes] = []
-
-    def keep(metrics, payload):
-        if payload is not None:
-            buffer = io.BytesIO()
-            torch.save(payload, buffer)
-            checkpoints.append(buffer.getvalue())
-
-    full = quality(execute_trial(trials[0], RUNTIME, report=keep))
+    full, checkpoints = run_keeping_checkpoints(trials[0], RUNTIME)
+    full = quality(full)
     assert len(checkpoints) == 3  # eval_every 20 over 60 steps
-    first = torch.load(io.BytesIO(checkpoints[0]), weights_only=True)
+    first = checkpoints[0]
     assert first["state"]["step"] == 20
     resumed = quality(execute_trial(trials[0], RUNTIME, resume=first))
     assert resumed == full

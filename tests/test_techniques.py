@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from checkpoints import final_test_metrics, run_keeping_checkpoints
 
 from harness.config import ModelConfig
 from harness.models.seq2seq import Forecaster, Seq2Seq
@@ -77,21 +77,12 @@ def test_technique_trains_end_to_end(trials, technique):
 @pytest.mark.parametrize("technique", ["linear", "length_linear", "naive", "clip_adaptive",
                                        "lr_cosine", "dropout_schedule", "perplexity"])
 def test_resumed_trial_with_techniques_equals_uninterrupted(trials, technique):
-    payloads: list[bytes] = []
-
-    def keep(metrics, payload):
-        if payload is not None:
-            buffer = io.BytesIO()
-            torch.save(payload, buffer)
-            payloads.append(buffer.getvalue())
-
     runtime = Runtime(None, None, None)
-    full = execute_trial(trials[technique], runtime, report=keep)
-    middle = torch.load(io.BytesIO(payloads[0]), weights_only=True)
+    full, checkpoints = run_keeping_checkpoints(trials[technique], runtime)
+    middle = checkpoints[0]
     assert middle["state"]["step"] == 4
     resumed = execute_trial(trials[technique], runtime, resume=middle)
-    assert {k: v for k, v in resumed.items() if k.startswith("test.")} == \
-        {k: v for k, v in full.items() if k.startswith("test.")}
+    assert final_test_metrics(resumed) == final_test_metrics(full)
 
 
 def copy_task(**kw) -> CopyTask:
@@ -327,19 +318,9 @@ def test_multitask_trial_trains_end_to_end_and_resumes_exactly(tmp_path):
     path = tmp_path / "mt.yaml"
     path.write_text(yaml.safe_dump(suite, sort_keys=False))
     (trial,) = load_suite(path).trials()
-    payloads = []
-
-    def keep(metrics, payload):
-        if payload is not None:
-            buffer = io.BytesIO()
-            torch.save(payload, buffer)
-            payloads.append(buffer.getvalue())
-
-    full = execute_trial(trial, Runtime(None, None, None), report=keep)
-    middle = torch.load(io.BytesIO(payloads[0]), weights_only=True)
-    resumed = execute_trial(trial, Runtime(None, None, None), resume=middle)
-    assert {k: v for k, v in resumed.items() if k.startswith("test.")} == \
-        {k: v for k, v in full.items() if k.startswith("test.")}
+    full, checkpoints = run_keeping_checkpoints(trial, Runtime(None, None, None))
+    resumed = execute_trial(trial, Runtime(None, None, None), resume=checkpoints[0])
+    assert final_test_metrics(resumed) == final_test_metrics(full)
 
 
 def test_multitask_auxiliary_task_errors_name_the_field():
