@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from tasks.base import Task
+from tasks.base import TaskBase
 
 GROUP = "lstm_harness.tasks"
 
@@ -18,7 +18,7 @@ def installed_task_names() -> list[str]:
     return sorted({ep.name for ep in entry_points(group=GROUP)})
 
 
-def load_task_class(name: str) -> type[Task]:
+def load_task_class(name: str) -> type[TaskBase]:
     """The Task class registered as ``name``; a clear error if unknown or broken."""
     matches = [ep for ep in entry_points(group=GROUP) if ep.name == name]
     if not matches:
@@ -31,6 +31,7 @@ def load_task_class(name: str) -> type[Task]:
         raise TaskLookupError(
             f"task plugin '{name}' ({entry.value}) failed to import: "
             f"{type(exc).__name__}: {exc}") from exc
-    if not (isinstance(cls, type) and issubclass(cls, Task)):
-        raise TaskLookupError(f"task plugin '{name}' ({entry.value}) is not a tasks.base.Task")
+    if not (isinstance(cls, type) and issubclass(cls, TaskBase)):
+        raise TaskLookupError(f"task plugin '{name}' ({entry.value}) is not a tasks.base.Task or "
+                               "tasks.base.ForecastTask")
     return cls

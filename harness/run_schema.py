@@ -3,7 +3,8 @@
 A suite is one MLflow experiment (named after the suite). Each launch of ``lstm-harness run``
 opens a parent run; each trial is a child run carrying the tags below. Metrics:
 ``valid.<m>`` per evaluation step, ``test.<m>`` once at the end (``<m>`` free-running,
-``<m>_tf`` teacher-forced), ``train.loss`` per logged step, and the ``cost.*`` metrics.
+``<m>_tf`` teacher-forced), ``train.loss`` per logged step, the ``cost.*`` metrics, and
+``reference.<baseline>.<m>``: the task's trivial baselines on the test split (reference rows).
 """
 
 TAG_ROLE = "harness.role"  # "launch" (parent) or "trial"
@@ -20,6 +21,7 @@ ROLE_TRIAL = "trial"
 
 VALID_PREFIX = "valid."
 TEST_PREFIX = "test."
+REFERENCE_PREFIX = "reference."  # + baseline name + "." + metric: a task's trivial baseline
 TRAIN_LOSS = "train.loss"
 
 COST_PARAMS = "cost.params"

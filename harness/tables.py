@@ -284,6 +284,7 @@ class Table:
     failures: list[FailedTrial] = field(default_factory=list)
     caption: str = ""
     row_variants: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    references: dict[str, dict[Column, float]] = field(default_factory=dict)
 
     def cell(self, row: str, task: str, metric: str, column_variant: str | None = None) -> Cell:
         """The cell of ``row`` under (task, metric[, column variant])."""
@@ -314,14 +315,21 @@ class Table:
                     "best": cell.best,
                     "baseline": row == self.baseline,
                     "failed": cell.failed,
+                    "reference": False,
                 }
                 for axis, variant in zip(self.layout.row_axes, self.row_variants[row], strict=True):
                     line[VARIANT_COL + axis] = variant
                 for key in self.cost_keys:
                     line[key] = self.costs[row][key]
                 lines.append(line)
+        for row, values in self.references.items():
+            for column, value in values.items():
+                lines.append({"row": row, "task": column[0], "metric": column[1],
+                              "column_variant": column[2] if column[2] is not None else "",
+                              "mean": value, "n": 0, "significant": False, "best": False,
+                              "baseline": False, "failed": 0, "reference": True})
         names = ["row", "task", "metric", "column_variant", "mean", "std", "n", "significant"]
-        names += ["p_value", "best", "baseline", "failed"]
+        names += ["p_value", "best", "baseline", "failed", "reference"]
         names += [VARIANT_COL + axis for axis in self.layout.row_axes] + self.cost_keys
         return pd.DataFrame(lines, columns=names)
 
@@ -437,6 +445,7 @@ def build_table(
     }
 
     failures = _collect_failures(failed, layout, labels, cells, columns)
+    references = _references(runs, columns)
     if caption is None:
         axes = ", ".join(layout.row_axes) or "baseline"
         caption = (
@@ -454,7 +463,28 @@ def build_table(
         failures=failures,
         caption=caption,
         row_variants={labels[combo]: combo for combo in combos},
+        references=references,
     )
+
+
+REFERENCE_ROW = "reference: "
+
+
+def _references(runs: pd.DataFrame, columns: list[Column]) -> dict[str, dict[Column, float]]:
+    """Reference rows: ``metrics.reference.<baseline>.<metric>`` of each task's runs (the same
+    value in every run of the task; their mean is taken), under the table's columns."""
+    prefix = METRIC_COL + rs.REFERENCE_PREFIX
+    out: dict[str, dict[Column, float]] = {}
+    for name in sorted(c for c in runs.columns if c.startswith(prefix)):
+        baseline, _, metric = name[len(prefix):].rpartition(".")
+        for column in columns:
+            task, col_metric, _ = column
+            if col_metric != metric:
+                continue
+            values = runs.loc[_task_mask(runs, task), name].dropna()
+            if len(values):
+                out.setdefault(REFERENCE_ROW + baseline, {})[column] = float(values.mean())
+    return out
 
 
 def _mark_best(cells: list[Cell], direction: str) -> None:
@@ -652,6 +682,10 @@ def _cell_text(cell: Cell, decimals: int | None, common_n: int, style: _Style) -
     return text
 
 
+def _reference_text(value: float | None, decimals: int | None, style: _Style) -> str:
+    return style.empty if value is None or math.isnan(value) else _num(value, decimals)
+
+
 def _metric_label(table: Table, metric: str, style: _Style) -> str:
     arrow = style.up if table.layout.directions[metric] == "max" else style.down
     return f"{style.esc(metric)} {arrow}"
@@ -684,6 +718,11 @@ def _notes(table: Table, style: _Style) -> list[str]:
             "peak MB: peak resident memory of the trial's process (CPU, Python and libraries "
             "included) or peak CUDA memory allocated (GPU)."
         )
+    if table.references:
+        notes.append(
+            "Reference rows (italic): the task's trivial baselines, computed without training on "
+            "the same test split (one value, no seeds)."
+        )
     if table.failures:
         notes.append(f"Failed trials ({len(table.failures)}):")
         for f in table.failures:
@@ -714,6 +753,11 @@ def _render_markdown(table: Table) -> str:
         out = [label]
         out += [_cell_text(table.cells[(row, c)], decimals[c], n, MD) for c in table.columns]
         out += [_cost_text(key, table.costs[row][key]) for key in table.cost_keys]
+        lines.append(_md_row(out))
+    for row, values in table.references.items():
+        out = [f"*{MD.esc(row)}*"]
+        out += [_reference_text(values.get(c), decimals[c], MD) for c in table.columns]
+        out += [MD.empty] * len(table.cost_keys)
         lines.append(_md_row(out))
     notes = _notes(table, MD)
     lines.append("")
@@ -779,6 +823,13 @@ def _render_latex(table: Table) -> str:
         out = [label]
         out += [_cell_text(table.cells[(row, c)], decimals[c], n, TEX) for c in table.columns]
         out += [TEX.esc(_cost_text(key, table.costs[row][key])) for key in table.cost_keys]
+        lines.append(" & ".join(out) + " \\\\")
+    if table.references:
+        lines.append("\\midrule")
+    for row, values in table.references.items():
+        out = [f"\\textit{{{TEX.esc(row)}}}"]
+        out += [_reference_text(values.get(c), decimals[c], TEX) for c in table.columns]
+        out += [TEX.empty] * ncost
         lines.append(" & ".join(out) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", "", "\\smallskip", "{\\footnotesize"]
     lines += [note + " \\\\" for note in _notes(table, TEX)]

@@ -136,9 +136,9 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
             rs.COST_PEAK_MEM: peak_memory_mb(device),
         })
         if tracker is not None:
-            tracker.log_metrics(final, state.step)
+            tracker.log_metrics({**final, **reference_metrics(task)}, state.step)
             tracker.log_weights(model.state_dict())
-            if model.attention is not None:
+            if model.attention is not None and isinstance(model, Seq2Seq):
                 log_attention_figure(model, task, device, tracker)
             tracker.finish()
     except BaseException as exc:
@@ -148,6 +148,13 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
     if report is not None:
         report({"step": state.step, "done": 1.0, **final}, None)
     return final
+
+
+def reference_metrics(task) -> dict[str, float]:
+    """The task's trivial baselines on the test split as ``reference.<baseline>.<metric>``."""
+    return {f"{rs.REFERENCE_PREFIX}{name}.{metric}": float(value)
+            for name, values in task.reference_scores("test").items()
+            for metric, value in values.items()}
 
 
 def load_trial_model(runtime: Runtime, reference: str, suite: str, task,
@@ -178,12 +185,18 @@ def log_attention_figure(model: Seq2Seq, task, device: torch.device,
     tokens, alpha = model.greedy(batch.src, batch.src_len, task.max_target_len + 1,
                                  return_attention=True)
     length = int(batch.src_len[0])
-    source = [str(t) for t in batch.src[0, :length].tolist()]
-    output = [str(t) for t in tokens[0].tolist()]
+    source = [token_label(task, t, "src") for t in batch.src[0, :length].tolist()]
+    output = [token_label(task, t, "tgt") for t in tokens[0].tolist()]
     with tempfile.TemporaryDirectory() as folder:
         path = attention_heatmap(alpha[0, :, :length].cpu().numpy(), source, output,
                                  Path(folder) / "attention.png", title="first validation example")
         tracker.client.log_artifact(tracker.run_id, str(path))
+
+
+def token_label(task, token: int, side: str) -> str:
+    """A token's text for figure labels (its id where the task has no text for it)."""
+    text = task.token_text(token, side) if hasattr(task, "token_text") else ""
+    return text or str(token)
 
 
 def tune_trainable(config: dict[str, Any], runtime: Runtime) -> None:

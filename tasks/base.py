@@ -1,8 +1,16 @@
 """The Task API: what a task gives the harness.
 
-A task owns its data (splits, tokenization), its batches and its metrics. The harness owns the
-model, the training loop and the bookkeeping. Built-in tasks and plugins are registered the same
-way, under the entry-point group ``lstm_harness.tasks``.
+A task owns its data (splits, tokenization or scaling), its batches, its metrics, its trivial
+reference baselines and a sentence-level reward. The harness owns the model, the training loop
+and the bookkeeping. Built-in tasks and plugins are registered the same way, under the
+entry-point group ``lstm_harness.tasks`` (see ``docs/plugins.md``).
+
+Two kinds of task share :class:`TaskBase`:
+
+* :class:`Task` (kind ``"seq2seq"``): token ids in, token ids out (copy, translation,
+  summarization); the harness trains an encoder-decoder with a softmax output.
+* :class:`ForecastTask` (kind ``"forecast"``): a window of a (multivariate) time series in, the
+  next ``horizon`` values out; the harness trains a forecaster with a linear output.
 
 Token conventions for sequence-to-sequence tasks: id 0 is padding, 1 begins a target sequence,
 2 ends one. ``Seq2SeqBatch.tgt`` holds the target tokens followed by EOS (no BOS); the model
@@ -47,6 +55,11 @@ class Seq2SeqBatch:
     def size(self) -> int:
         return int(self.src.shape[0])
 
+    @property
+    def tokens(self) -> int:
+        """Non-padding source + target tokens (the throughput unit)."""
+        return int((self.src != PAD).sum() + (self.tgt != PAD).sum())
+
     def to(self, device: torch.device | str) -> Seq2SeqBatch:
         return Seq2SeqBatch(*(t.to(device) for t in (self.src, self.src_len, self.tgt,
                                                       self.tgt_len, self.ids)))
@@ -66,6 +79,13 @@ class ForecastBatch:
     @property
     def size(self) -> int:
         return int(self.history.shape[0])
+
+    @property
+    def tokens(self) -> int:
+        """Time steps read and predicted, history + covariates + target (the throughput unit)."""
+        steps = self.history.shape[1] + self.target.shape[1]
+        steps += sum(c.shape[1] for c in self.covariates)
+        return int(self.size * steps)
 
     def to(self, device: torch.device | str) -> ForecastBatch:
         return ForecastBatch(self.history.to(device), self.target.to(device),
@@ -109,18 +129,23 @@ def strip_special(ids: list[int]) -> list[int]:
     return out
 
 
-class Task(ABC):
-    """A sequence-to-sequence task.
+class TaskBase(ABC):
+    """What every task declares: ``name``, ``kind``, ``Params`` (a :class:`TaskParams` model,
+    validated from the suite's ``params``) and ``metrics`` (metric name -> "max" or "min", the
+    better direction).
 
-    Subclasses declare ``name``, ``Params`` (a :class:`TaskParams` model) and ``metrics``
-    (metric name -> "max" or "min", the better direction), and implement the methods below.
-    Every metric is reported twice by the harness: free-running (greedy decoding, the model
-    reads its own predictions; name as declared) and teacher-forced (argmax at every step
-    given the true prefix; name + ``_tf``). The difference is the exposure-bias gap.
+    Every metric is reported twice by the harness: free-running (the model reads its own
+    predictions; name as declared) and teacher-forced (one step ahead given the true prefix;
+    name + ``_tf``). The difference is the exposure-bias gap.
+
+    Training data is a pure function of (seed, step): a resumed trial sees exactly the batches
+    it would have seen. A task whose training data is a finite pool of examples exposes it
+    through ``train_pool_size`` / ``pool_batch`` / ``pool_lengths`` (per-example ids and
+    lengths; the curricula reorder and filter with them).
     """
 
     name: ClassVar[str]
-    kind: ClassVar[Literal["seq2seq", "forecast"]] = "seq2seq"
+    kind: ClassVar[Literal["seq2seq", "forecast"]]
     Params: ClassVar[type[TaskParams]]
     metrics: ClassVar[dict[str, Direction]]
 
@@ -129,18 +154,8 @@ class Task(ABC):
 
     @property
     @abstractmethod
-    def src_vocab_size(self) -> int:
-        """Number of source token ids, special ids included."""
-
-    @property
-    @abstractmethod
-    def tgt_vocab_size(self) -> int:
-        """Number of target token ids, special ids included."""
-
-    @property
-    @abstractmethod
     def max_target_len(self) -> int:
-        """Longest target (without EOS): free-running decoding stops after this + 1 steps."""
+        """Longest target (tokens without EOS, or forecast steps)."""
 
     @property
     def length_bounds(self) -> tuple[int, int]:
@@ -158,10 +173,20 @@ class Task(ABC):
 
     @abstractmethod
     def train_batch(self, step: int, batch_size: int, seed: int,
-                    lengths: tuple[int, int] | None = None) -> Seq2SeqBatch:
-        """The training batch for ``step``; a pure function of its arguments, so a resumed
-        trial sees exactly the batches it would have seen. ``lengths``: only examples whose
-        target length lies in [shortest, longest] (curricula; see :meth:`clip_lengths`)."""
+                    lengths: tuple[int, int] | None = None):
+        """The training batch for ``step``; a pure function of its arguments. ``lengths``:
+        only examples whose target length lies in [shortest, longest] (curricula; see
+        :meth:`clip_lengths`)."""
+
+    @abstractmethod
+    def eval_batches(self, split: Literal["valid", "test"], batch_size: int) -> Iterator:
+        """Fixed batches of a held-out split (the same for every seed and every trial)."""
+
+    def reference_scores(self, split: Literal["valid", "test"]) -> dict[str, dict[str, float]]:
+        """Trivial baselines on ``split``: baseline name -> {metric: value} for (some of) the
+        declared metrics, free-running names. Tables show them as reference rows (for example
+        copy-the-source BLEU, the lead sentence's ROUGE, the seasonal-naive forecast)."""
+        return {}
 
     # -- a finite training pool (optional; needed by the perplexity curriculum) -------------
     @property
@@ -169,7 +194,7 @@ class Task(ABC):
         """Number of training examples when the training data is a finite pool, else None."""
         return None
 
-    def pool_batch(self, ids: list[int]) -> Seq2SeqBatch:
+    def pool_batch(self, ids: list[int]):
         """The batch of training-pool examples ``ids`` (in that order)."""
         raise ValueError(f"task '{self.name}' has no finite training pool")
 
@@ -193,16 +218,6 @@ class Task(ABC):
         picks = torch.randint(0, len(ids), (batch_size,), generator=g).tolist()
         return [ids[k] for k in picks]
 
-    @abstractmethod
-    def eval_batches(self, split: Literal["valid", "test"],
-                     batch_size: int) -> Iterator[Seq2SeqBatch]:
-        """Fixed batches of a held-out split (the same for every seed and every trial)."""
-
-    @abstractmethod
-    def score(self, hyps: list[list[int]], refs: list[list[int]]) -> dict[str, float]:
-        """Metrics of hypotheses against references (token ids, specials stripped); returns
-        one value per name in ``metrics``."""
-
     @classmethod
     def metric_names(cls) -> list[str]:
         """Every metric name the harness reports for this task (free-running and ``_tf``)."""
@@ -211,3 +226,115 @@ class Task(ABC):
     @classmethod
     def direction(cls, metric: str) -> Direction:
         return cls.metrics[metric.removesuffix("_tf")]
+
+
+class Task(TaskBase):
+    """A sequence-to-sequence task (token ids in, token ids out).
+
+    Subclasses implement the vocabulary sizes, ``max_target_len``, ``train_batch`` and
+    ``eval_batches`` (returning :class:`Seq2SeqBatch`), ``score`` and, for sequence-level
+    training, ``reward``. ``detokenize`` turns ids into text for figures and evaluation.
+    """
+
+    kind: ClassVar[Literal["seq2seq", "forecast"]] = "seq2seq"
+
+    @property
+    @abstractmethod
+    def src_vocab_size(self) -> int:
+        """Number of source token ids, special ids included."""
+
+    @property
+    @abstractmethod
+    def tgt_vocab_size(self) -> int:
+        """Number of target token ids, special ids included."""
+
+    @property
+    @abstractmethod
+    def max_target_len(self) -> int:
+        """Longest target (without EOS): free-running decoding stops after this + 1 steps."""
+
+    @abstractmethod
+    def train_batch(self, step: int, batch_size: int, seed: int,
+                    lengths: tuple[int, int] | None = None) -> Seq2SeqBatch:
+        """The training batch for ``step`` (see :meth:`TaskBase.train_batch`)."""
+
+    @abstractmethod
+    def eval_batches(self, split: Literal["valid", "test"],
+                     batch_size: int) -> Iterator[Seq2SeqBatch]:
+        """Fixed batches of a held-out split (the same for every seed and every trial)."""
+
+    @abstractmethod
+    def score(self, hyps: list[list[int]], refs: list[list[int]]) -> dict[str, float]:
+        """Metrics of hypotheses against references (token ids, specials stripped); returns
+        one value per name in ``metrics`` (extra diagnostic values are allowed)."""
+
+    def reward(self, hyps: list[list[int]], refs: list[list[int]]) -> list[float]:
+        """Sentence-level reward R(y, y*) of each hypothesis (token ids, specials stripped),
+        for sequence-level training; higher is better."""
+        raise ValueError(f"task '{self.name}' supplies no sentence-level reward")
+
+    def detokenize(self, ids: list[int], side: Literal["src", "tgt"] = "tgt") -> str:
+        """Text of a token-id sequence of the source or target side (specials stripped);
+        default: the ids, space-separated."""
+        return " ".join(str(t) for t in strip_special(ids))
+
+    def token_text(self, token: int, side: Literal["src", "tgt"] = "tgt") -> str:
+        """One token's text, for figure labels; default: its id."""
+        return str(token)
+
+
+class ForecastTask(TaskBase):
+    """A forecasting task: a history window [S, F] (+ covariate streams) -> the next
+    ``horizon`` values of the first K = ``n_targets`` columns.
+
+    Batches are on the model's scale (the task's scaler fitted on the training range only);
+    ``score`` maps predictions back to the original scale before computing its metrics.
+    """
+
+    kind: ClassVar[Literal["seq2seq", "forecast"]] = "forecast"
+
+    @property
+    @abstractmethod
+    def n_features(self) -> int:
+        """Columns F of the history window (the forecast variables first)."""
+
+    @property
+    @abstractmethod
+    def n_targets(self) -> int:
+        """Number K of forecast variables."""
+
+    @property
+    def covariate_features(self) -> list[int]:
+        """Columns of each extra input stream (exogenous covariates), in batch order."""
+        return []
+
+    @property
+    @abstractmethod
+    def horizon(self) -> int:
+        """Steps T to forecast."""
+
+    @property
+    def max_target_len(self) -> int:
+        return self.horizon
+
+    @abstractmethod
+    def train_batch(self, step: int, batch_size: int, seed: int,
+                    lengths: tuple[int, int] | None = None) -> ForecastBatch:
+        """Training windows for ``step``; ``lengths`` bounds the forecast horizon (curricula
+        train on shorter horizons first)."""
+
+    @abstractmethod
+    def eval_batches(self, split: Literal["valid", "test"],
+                     batch_size: int) -> Iterator[ForecastBatch]:
+        """Fixed windows of a held-out split, full horizon."""
+
+    @abstractmethod
+    def score(self, preds: torch.Tensor, targets: torch.Tensor, ids: torch.Tensor,
+              split: Literal["valid", "test"] = "test") -> dict[str, float]:
+        """Metrics of predictions [N, T, K] against targets [N, T, K] (model scale) of the
+        windows ``ids`` of ``split`` (as numbered by ``eval_batches``), on the original
+        scale; one value per name in ``metrics`` (extra diagnostic values are allowed)."""
+
+    def reward(self, preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-window reward, the negative mean squared error on the model scale: [B]."""
+        return -((preds - targets) ** 2).flatten(1).mean(1)

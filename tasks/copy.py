@@ -250,3 +250,12 @@ class CopyTask(Task):
             "exact_match": exact / len(refs),
             "token_accuracy": correct / total if total else 1.0,
         }
+
+    def reward(self, hyps: list[list[int]], refs: list[list[int]]) -> list[float]:
+        """Per-sentence token accuracy: |{i < len(y*) : y_i = y*_i}| / max(len(y*), len(y)),
+        so that extra tokens are penalised too (1.0 for two empty sequences)."""
+        out = []
+        for h, r in zip(hyps, refs, strict=True):
+            correct = sum(a == b for a, b in zip(h, r, strict=False))
+            out.append(correct / max(len(r), len(h)) if (r or h) else 1.0)
+        return out

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 from harness.config import ModelConfig
-from harness.models.seq2seq import Seq2Seq
-from tasks.base import Task
+from harness.models.seq2seq import Forecaster, Seq2Seq
+from tasks.base import ForecastTask, TaskBase
 
 
-def build_model(cfg: ModelConfig, task: Task, aux_tasks: list[Task] | None = None) -> Seq2Seq:
-    """The trial's model; ``aux_tasks`` (multi-task curriculum) share its encoder-decoder."""
-    for t in [task, *(aux_tasks or [])]:
+def build_model(cfg: ModelConfig, task: TaskBase, aux_tasks: list[TaskBase] | None = None
+                ) -> nn.Module:
+    """A :class:`Seq2Seq` for token tasks (``aux_tasks``, of the multi-task curriculum, share
+    its encoder-decoder); a :class:`Forecaster` for forecasting tasks."""
+    if isinstance(task, ForecastTask):
+        if aux_tasks:
+            raise ValueError(f"task '{task.name}' is a forecasting task; multi-task curricula "
+                             "combine token (seq2seq) tasks only")
+        return Forecaster(cfg, task.n_features, task.n_targets, task.covariate_features)
+    for t in aux_tasks or []:
         if t.kind != "seq2seq":
-            raise ValueError(f"task '{t.name}' is of kind '{t.kind}'; trials train "
-                             "sequence-to-sequence tasks only so far")
+            raise ValueError(f"auxiliary task '{t.name}' is of kind '{t.kind}'; multi-task "
+                             "curricula combine token (seq2seq) tasks only")
     extra = [(t.src_vocab_size, t.tgt_vocab_size) for t in aux_tasks or []]
     return Seq2Seq(cfg, task.src_vocab_size, task.tgt_vocab_size, extra)

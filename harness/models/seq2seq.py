@@ -30,6 +30,7 @@ from harness.models.attention import Attention, LuongOutput
 from harness.models.dropout import DropoutRates
 from harness.models.layers import State
 from harness.models.stack import LSTMStack
+from harness.training.accuracy import forecast_accuracy, token_accuracy
 from harness.training.losses import LossConfig, sequence_loss
 from tasks.base import BOS, EOS, PAD, ForecastBatch, Seq2SeqBatch
 
@@ -350,6 +351,11 @@ class Seq2Seq(EncoderDecoder):
         loss = sequence_loss(loss_cfg, logits, batch.tgt, PAD, lengths=batch.tgt_len)
         return loss + self.coverage_penalty(state, (batch.tgt != PAD).float()), logits, state
 
+    @staticmethod
+    def batch_accuracy(logits: torch.Tensor, batch: Seq2SeqBatch) -> float:
+        """Teacher-forced token accuracy of a training batch (the curricula's signal)."""
+        return token_accuracy(logits, batch.tgt, PAD)
+
     def forward(self, batch: Seq2SeqBatch) -> torch.Tensor:
         """Teacher-forced logits [B, T, V]: the decoder reads y*_{t-1} (BOS first)."""
         return self.forward_with_state(batch)[0]
@@ -418,11 +424,36 @@ class Forecaster(EncoderDecoder):
     def forward(self, batch: ForecastBatch) -> torch.Tensor:
         return self.forward_with_state(batch)[0]
 
+    def select(self, task_index: int) -> None:
+        if task_index != 0:
+            raise ValueError("a forecaster trains one task (multi-task curricula need "
+                             "token tasks)")
+
     def loss(self, batch: ForecastBatch) -> torch.Tensor:
         """Mean squared error of the teacher-forced predictions (+ the coverage penalty)."""
         pred, state = self.forward_with_state(batch)
         steps = torch.ones(pred.shape[:2], device=pred.device)
         return F.mse_loss(pred, batch.target) + self.coverage_penalty(state, steps)
+
+    def training_loss(self, batch: ForecastBatch, loss_cfg: LossConfig, eps: float = 1.0,
+                      feed: str = "argmax"):
+        """L = 1/(T K) sum_t ||y^_t - y*_t||^2 (+ the coverage penalty) with scheduled
+        sampling when eps < 1 (the previous prediction is fed back; ``feed`` has no meaning
+        for real values). Token losses (focal, label smoothing) are refused."""
+        if loss_cfg.kind != "ce" or loss_cfg.label_smoothing > 0:
+            raise ValueError(f"loss kind '{loss_cfg.kind}' with label_smoothing "
+                             f"{loss_cfg.label_smoothing} applies to token tasks; a forecasting "
+                             "task trains on the mean squared error (leave train.loss at its "
+                             "default)")
+        pred, state = self.forward_with_state(batch, eps)
+        steps = torch.ones(pred.shape[:2], device=pred.device)
+        return F.mse_loss(pred, batch.target) + self.coverage_penalty(state, steps), pred, state
+
+    @staticmethod
+    def batch_accuracy(preds: torch.Tensor, batch: ForecastBatch) -> float:
+        """Share of forecast values within the curricula's tolerance (see
+        :func:`forecast_accuracy`)."""
+        return forecast_accuracy(preds, batch.target)
 
     @torch.no_grad()
     def free_running(self, batch: ForecastBatch, horizon: int) -> torch.Tensor:

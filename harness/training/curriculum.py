@@ -224,10 +224,3 @@ def pool_perplexity(model: torch.nn.Module, task: Task, device: torch.device,
         out += torch.exp(nll.sum(1) / tokens).tolist()
     model.train(was_training)
     return out
-
-
-def token_accuracy(logits: torch.Tensor, target: torch.Tensor, pad_id: int) -> float:
-    """Fraction of non-pad target tokens whose argmax prediction is right."""
-    mask = target != pad_id
-    correct = (logits.argmax(-1) == target) & mask
-    return float(correct.sum()) / max(int(mask.sum()), 1)

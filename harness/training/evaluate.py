@@ -7,16 +7,23 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from harness.models.seq2seq import Seq2Seq
-from tasks.base import PAD, Task, strip_special
+from tasks.base import PAD, ForecastTask, Task, TaskBase, strip_special
+
+Split = Literal["valid", "test"]
+
+
+def evaluate(model: torch.nn.Module, task: TaskBase, split: Split, batch_size: int,
+             device: torch.device) -> dict[str, float]:
+    """Metrics on a whole split, for either kind of task (see the two functions below)."""
+    if isinstance(task, ForecastTask):
+        return evaluate_forecast(model, task, split, batch_size, device)
+    return evaluate_seq2seq(model, task, split, batch_size, device)
 
 
 @torch.no_grad()
-def evaluate(model: Seq2Seq, task: Task, split: Literal["valid", "test"], batch_size: int,
-             device: torch.device) -> dict[str, float]:
-    """Metrics on a whole split.
-
-    ``<m>``: free-running (greedy decoding from the model's own predictions);
+def evaluate_seq2seq(model: torch.nn.Module, task: Task, split: Split, batch_size: int,
+                     device: torch.device) -> dict[str, float]:
+    """``<m>``: free-running (greedy decoding from the model's own predictions);
     ``<m>_tf``: teacher-forced (argmax at each step given the true prefix); ``loss``: the
     teacher-forced cross entropy per target token, ``ppl = exp(loss)``.
     """
@@ -43,4 +50,30 @@ def evaluate(model: Seq2Seq, task: Task, split: Literal["valid", "test"], batch_
     loss = nll / max(tokens, 1)
     metrics["loss"] = loss
     metrics["ppl"] = float(torch.tensor(loss).exp())
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_forecast(model: torch.nn.Module, task: ForecastTask, split: Split,
+                      batch_size: int, device: torch.device) -> dict[str, float]:
+    """``<m>``: free-running (each prediction fed back for the whole horizon); ``<m>_tf``:
+    teacher-forced (one step ahead, the true previous value fed at every step); ``loss``: the
+    teacher-forced mean squared error on the model's scale. Metrics on the original scale."""
+    was_training = model.training
+    model.eval()
+    free, forced, targets, ids = [], [], [], []
+    for batch in task.eval_batches(split, batch_size):
+        batch = batch.to(device)
+        forced.append(model(batch).cpu())
+        free.append(model.free_running(batch, batch.target.shape[1]).cpu())
+        targets.append(batch.target.cpu())
+        ids.append(batch.ids.cpu())
+    model.train(was_training)
+    target, index = torch.cat(targets), torch.cat(ids)
+    forced_all = torch.cat(forced)
+    metrics = dict(task.score(torch.cat(free), target, index, split=split))
+    metrics.update({f"{k}_tf": v for k, v in
+                    task.score(forced_all, target, index, split=split).items()
+                    if k in task.metrics})
+    metrics["loss"] = float(F.mse_loss(forced_all, target))
     return metrics

@@ -18,11 +18,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from harness.config import TrainConfig
-from harness.models.seq2seq import Seq2Seq
-from harness.training.curriculum import token_accuracy
 from harness.training.evaluate import evaluate
 from harness.training.techniques import Techniques
-from tasks.base import PAD, Task
+from tasks.base import TaskBase
 
 
 @dataclass
@@ -41,8 +39,9 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite: the trial cannot go on."""
 
 
-def train(model: Seq2Seq, optimizer: torch.optim.Optimizer, task: Task, cfg: TrainConfig,
-          seed: int, state: TrainState, device: torch.device, techniques: Techniques,
+def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task: TaskBase,
+          cfg: TrainConfig, seed: int, state: TrainState, device: torch.device,
+          techniques: Techniques,
           on_log: Callable[[TrainState, dict[str, float]], None],
           on_eval: Callable[[TrainState, dict[str, float]], None]) -> None:
     model.train()
@@ -57,12 +56,12 @@ def train(model: Seq2Seq, optimizer: torch.optim.Optimizer, task: Task, cfg: Tra
         for task_index, weight, batch in parts:  # one part unless the curriculum is multi-task
             batch = batch.to(device)
             model.select(task_index)
-            part_loss, logits, decoded = model.training_loss(batch, cfg.loss, eps,
+            part_loss, output, decoded = model.training_loss(batch, cfg.loss, eps,
                                                              cfg.sampling.feed)
             loss = loss + weight * part_loss
-            part_accuracy = token_accuracy(logits.detach(), batch.tgt, PAD)
+            part_accuracy = model.batch_accuracy(output.detach(), batch)
             techniques.curriculum.observe(part_accuracy, task_index)
-            tokens += int((batch.src != PAD).sum() + (batch.tgt != PAD).sum())
+            tokens += batch.tokens
             accuracy = part_accuracy if task_index == 0 else accuracy
         model.select(0)
         if not torch.isfinite(loss):
@@ -78,7 +77,7 @@ def train(model: Seq2Seq, optimizer: torch.optim.Optimizer, task: Task, cfg: Tra
         state.tokens += tokens
         state.train_seconds += time.perf_counter() - started
         if state.step % cfg.log_every == 0:
-            on_log(state, {"train.loss": loss.item(), "train.token_accuracy": accuracy,
+            on_log(state, {"train.loss": loss.item(), "train.accuracy": accuracy,
                            "train.eps": eps, "train.truth_fraction": decoded.truth_fraction,
                            "train.lr": lr, **rates, **clipped, **techniques.curriculum.last})
         if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
