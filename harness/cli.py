@@ -155,10 +155,20 @@ def cmd_tasks(args) -> int:
             continue
         print(f"{name} ({cls.kind}): metrics {', '.join(cls.metric_names())}")
         for field, info in cls.Params.model_fields.items():
-            kind = getattr(info.annotation, "__name__", None) or str(info.annotation)
-            kind = str(info.annotation) if kind == "Literal" else kind
-            print(f"    {field}: {kind.replace('typing.', '')} = {info.default!r}")
+            default = info.get_default(call_default_factory=True)
+            if hasattr(default, "model_dump"):
+                default = default.model_dump()
+            line = f"    {field}: {type_name(info.annotation)} = {default!r}"
+            print(line + (f"  # {info.description}" if info.description else ""))
     return status
+
+
+def type_name(annotation) -> str:
+    """A readable type: ``int``, ``str | None``, ``Literal['a', 'b']``."""
+    plain = getattr(annotation, "__name__", None)
+    if plain and plain not in ("Literal", "Optional", "Union"):
+        return plain
+    return str(annotation).replace("typing.", "").replace("NoneType", "None")
 
 
 def cmd_ui(args) -> int:

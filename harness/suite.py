@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.config import TrialConfig, set_dotted
 from harness.registry import TaskLookupError, load_task_class
-from tasks.base import Task
+from tasks.base import TaskBase
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -74,7 +74,7 @@ class Suite:
 
     path: Path
     spec: SuiteFile
-    task_classes: dict[str, type[Task]]  # task label -> class
+    task_classes: dict[str, type[TaskBase]]  # task label -> class
 
     @property
     def name(self) -> str:
@@ -239,6 +239,7 @@ def load_suite(path: str | Path) -> Suite:
     fail(_config_errors(spec))
     task_classes = _resolve_tasks(spec, fail)
     fail(_metric_errors(spec, task_classes))
+    fail(_kind_errors(spec, task_classes))
     fail(_table_errors(spec))
     if len(set(spec.seeds)) != len(spec.seeds):
         fail([f"seeds: duplicate seeds in {spec.seeds}"])
@@ -281,8 +282,8 @@ def _config_errors(spec: SuiteFile) -> list[str]:
     return lines
 
 
-def _resolve_tasks(spec: SuiteFile, fail) -> dict[str, type[Task]]:
-    classes: dict[str, type[Task]] = {}
+def _resolve_tasks(spec: SuiteFile, fail) -> dict[str, type[TaskBase]]:
+    classes: dict[str, type[TaskBase]] = {}
     lines: list[str] = []
     for i, task in enumerate(spec.tasks):
         label = task_label(task)
@@ -305,11 +306,39 @@ def _resolve_tasks(spec: SuiteFile, fail) -> dict[str, type[Task]]:
     return classes
 
 
-def _metric_errors(spec: SuiteFile, task_classes: dict[str, type[Task]]) -> list[str]:
+def _metric_errors(spec: SuiteFile, task_classes: dict[str, type[TaskBase]]) -> list[str]:
     reported = {m for cls in task_classes.values() for m in cls.metric_names()}
     return [f"metrics[{i}]: unknown metric '{m}'; the suite's tasks report: "
             f"{', '.join(sorted(reported))}"
             for i, m in enumerate(spec.metrics) if m not in reported]
+
+
+def forecast_conflicts(config: dict[str, Any]) -> list[str]:
+    """Settings of a trial config that a forecasting task cannot train with."""
+    train = config["train"]
+    lines = []
+    if train["loss"]["kind"] != "ce" or train["loss"]["label_smoothing"] > 0:
+        lines.append("train.loss: a forecasting task trains on the mean squared error; "
+                     "leave loss.kind at ce and label_smoothing at 0 (token losses)")
+    if train["curriculum"]["kind"] == "multitask":
+        lines.append("train.curriculum.kind: multitask combines token (seq2seq) tasks only")
+    return lines
+
+
+def _kind_errors(spec: SuiteFile, task_classes: dict[str, type[TaskBase]]) -> list[str]:
+    forecast = [label for label, cls in task_classes.items() if cls.kind == "forecast"]
+    if not forecast:
+        return []
+    combos = itertools.product(*(list(v.items()) for v in spec.axes.values()))
+    for combo in itertools.islice(combos, 10_000):
+        config = resolve_config(spec.base, [over or {} for _, over in combo])
+        problems = forecast_conflicts(config)
+        if problems:
+            where = " + ".join(f"{a}.{n}" for a, (n, _) in zip(spec.axes, combo, strict=True))
+            where = f"variant {where}" if where else "base"
+            return [f"tasks: '{forecast[0]}' is a forecasting task; {where}: {line}"
+                    for line in problems]
+    return []
 
 
 def _table_errors(spec: SuiteFile) -> list[str]:

@@ -69,27 +69,39 @@ class Seq2SeqBatch:
 class ForecastBatch:
     """Windows of a time series. ``history``: [B, S, F] with the forecast variables in its first
     K columns; ``target``: [B, T, K] the next T values; ``covariates``: extra input streams
-    [B, S_j, F_j] (exogenous series, encoded by their own encoders and fused); ``ids``: [B]."""
+    [B, S_j, F_j] (exogenous series, encoded by their own encoders and fused); ``ids``: [B];
+    ``target_len``: [B] forecast steps that count per window (None: all T; set where windows
+    of different horizons share a batch, the rest of ``target`` is padding)."""
 
     history: torch.Tensor
     target: torch.Tensor
     covariates: list[torch.Tensor]
     ids: torch.Tensor
+    target_len: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
         return int(self.history.shape[0])
 
     @property
+    def step_mask(self) -> torch.Tensor:
+        """[B, T] True where a forecast step counts."""
+        steps = self.target.shape[1]
+        if self.target_len is None:
+            return torch.ones(self.size, steps, dtype=torch.bool, device=self.target.device)
+        return torch.arange(steps, device=self.target.device) < self.target_len.unsqueeze(1)
+
+    @property
     def tokens(self) -> int:
         """Time steps read and predicted, history + covariates + target (the throughput unit)."""
-        steps = self.history.shape[1] + self.target.shape[1]
-        steps += sum(c.shape[1] for c in self.covariates)
-        return int(self.size * steps)
+        steps = self.history.shape[1] * self.size + int(self.step_mask.sum())
+        steps += sum(c.shape[1] for c in self.covariates) * self.size
+        return int(steps)
 
     def to(self, device: torch.device | str) -> ForecastBatch:
         return ForecastBatch(self.history.to(device), self.target.to(device),
-                             [c.to(device) for c in self.covariates], self.ids.to(device))
+                             [c.to(device) for c in self.covariates], self.ids.to(device),
+                             None if self.target_len is None else self.target_len.to(device))
 
 
 def pad_sequences(seqs: list[list[int]], append_eos: bool = False) -> tuple[torch.Tensor,
@@ -105,12 +117,25 @@ def pad_sequences(seqs: list[list[int]], append_eos: bool = False) -> tuple[torc
     return out, lengths
 
 
-def concat_batches(batches: list[Seq2SeqBatch]) -> Seq2SeqBatch:
-    """One batch from several (re-padded to the longest source and target)."""
-    def cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+def concat_batches(batches: list):
+    """One batch from several of the same kind (re-padded to the longest source and target;
+    forecast windows of different horizons get ``target_len``)."""
+    def cat(tensors: list[torch.Tensor], value: float = PAD) -> torch.Tensor:
         width = max(t.shape[1] for t in tensors)
-        return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=PAD)
-                          for t in tensors])
+        pads = [(0, 0) * (t.dim() - 2) + (0, width - t.shape[1]) for t in tensors]
+        return torch.cat([torch.nn.functional.pad(t, pad, value=value)
+                          for t, pad in zip(tensors, pads, strict=True)])
+    if isinstance(batches[0], ForecastBatch):
+        lengths = torch.cat([b.target_len if b.target_len is not None else
+                             torch.full((b.size,), b.target.shape[1], dtype=torch.long)
+                             for b in batches])
+        target = cat([b.target for b in batches], 0.0)
+        return ForecastBatch(
+            history=torch.cat([b.history for b in batches]), target=target,
+            covariates=[torch.cat(parts) for parts in zip(*(b.covariates for b in batches),
+                                                           strict=True)],
+            ids=torch.cat([b.ids for b in batches]),
+            target_len=None if bool((lengths == target.shape[1]).all()) else lengths)
     return Seq2SeqBatch(src=cat([b.src for b in batches]),
                         src_len=torch.cat([b.src_len for b in batches]),
                         tgt=cat([b.tgt for b in batches]),

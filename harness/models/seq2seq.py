@@ -418,8 +418,8 @@ class Forecaster(EncoderDecoder):
         if eps >= 1.0:
             feats, state = self.teacher_forced(memory, self.tgt_proj(prev))
             return self.head(self.output_dropout(feats)), state
-        real = torch.ones(prev.shape[:2], dtype=torch.bool, device=prev.device)
-        return self.scheduled_sampling(memory, prev, eps, self.tgt_proj, lambda out: out, real)
+        return self.scheduled_sampling(memory, prev, eps, self.tgt_proj, lambda out: out,
+                                       batch.step_mask)
 
     def forward(self, batch: ForecastBatch) -> torch.Tensor:
         return self.forward_with_state(batch)[0]
@@ -432,8 +432,15 @@ class Forecaster(EncoderDecoder):
     def loss(self, batch: ForecastBatch) -> torch.Tensor:
         """Mean squared error of the teacher-forced predictions (+ the coverage penalty)."""
         pred, state = self.forward_with_state(batch)
-        steps = torch.ones(pred.shape[:2], device=pred.device)
-        return F.mse_loss(pred, batch.target) + self.coverage_penalty(state, steps)
+        return self._mse(pred, batch, state)
+
+    def _mse(self, pred: torch.Tensor, batch: ForecastBatch, state: DecoderState
+             ) -> torch.Tensor:
+        """1/(N K) sum over counted steps of ||y^_t - y*_t||^2, N the counted steps."""
+        mask = batch.step_mask.float()
+        per_step = ((pred - batch.target) ** 2).mean(-1)
+        mse = (per_step * mask).sum() / mask.sum().clamp(min=1)
+        return mse + self.coverage_penalty(state, mask)
 
     def training_loss(self, batch: ForecastBatch, loss_cfg: LossConfig, eps: float = 1.0,
                       feed: str = "argmax"):
@@ -446,14 +453,13 @@ class Forecaster(EncoderDecoder):
                              "task trains on the mean squared error (leave train.loss at its "
                              "default)")
         pred, state = self.forward_with_state(batch, eps)
-        steps = torch.ones(pred.shape[:2], device=pred.device)
-        return F.mse_loss(pred, batch.target) + self.coverage_penalty(state, steps), pred, state
+        return self._mse(pred, batch, state), pred, state
 
     @staticmethod
     def batch_accuracy(preds: torch.Tensor, batch: ForecastBatch) -> float:
         """Share of forecast values within the curricula's tolerance (see
         :func:`forecast_accuracy`)."""
-        return forecast_accuracy(preds, batch.target)
+        return forecast_accuracy(preds, batch.target, batch.step_mask)
 
     @torch.no_grad()
     def free_running(self, batch: ForecastBatch, horizon: int) -> torch.Tensor:

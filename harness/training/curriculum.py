@@ -1,15 +1,18 @@
 """Curricula: which training examples a batch holds at step t.
 
-Difficulty here is target length (every seq2seq task exposes ``length_bounds``), in
+Difficulty here is target length (every task exposes ``length_bounds``; for a forecasting
+task the length is the forecast horizon, so a length curriculum predicts near steps first), in
 [L_min, L_max]:
 
 - ``length_linear`` / ``length_exponential`` (SPEC "Length-Based Curriculum"): only examples no
   longer than L_t = min(L_max, L_start + alpha t) or L_start beta^(t / tau).
 - ``adaptive`` (SPEC "Adaptive Difficulty Adjustment"): a fraction p(hard) = min(1, p0 + alpha
   * accuracy) of each batch is hard (longer than the ``hard_from`` point of the length range),
-  the rest easy; accuracy is a running average of training token accuracy.
+  the rest easy; accuracy is a running average of training token accuracy (forecasting: the
+  share of forecast values within a quarter standard deviation, ``training/accuracy.py``).
 - ``perplexity`` (SPEC "Perplexity-Based Ordering"): every example of the task's finite
-  training pool is scored by PPL(x) = exp(-1/T sum_t log P(x_t | x_<t)) under a pretrained model
+  training pool is scored by PPL(x) = exp(-1/T sum_t log P(x_t | x_<t)) (forecasting: the
+  window's mean squared error) under a pretrained model
   (the trial's own model after a teacher-forced pretraining stage of ``pretrain_steps``, or the
   final model of a named earlier trial, ``from_trial``), the pool is split into thirds (low,
   medium, high perplexity) and training runs three phases of configurable length over them,
@@ -37,7 +40,7 @@ from harness.training.schedules import (
     curriculum_length,
     hard_fraction,
 )
-from tasks.base import PAD, Seq2SeqBatch, Task, concat_batches
+from tasks.base import PAD, ForecastBatch, Seq2SeqBatch, Task, TaskBase, concat_batches
 
 HARD_STREAM = 7919  # a second seed stream for the hard part of a mixed batch
 
@@ -207,16 +210,25 @@ class Curriculum:
 
 
 @torch.no_grad()
-def pool_perplexity(model: torch.nn.Module, task: Task, device: torch.device,
+def pool_perplexity(model: torch.nn.Module, task: TaskBase, device: torch.device,
                     batch_size: int = 256) -> list[float]:
-    """PPL(x) = exp(-1/T sum_t log P(y_t | y_<t, x)) of every training-pool example under
-    ``model``, teacher-forced (T counts the target tokens and the EOS)."""
+    """Difficulty of every training-pool example under ``model``, teacher-forced.
+
+    Token tasks: PPL(x) = exp(-1/T sum_t log P(y_t | y_<t, x)) (T counts the target tokens and
+    the EOS). Forecasting tasks: the window's mean squared error 1/(T K) sum_t ||y^_t - y*_t||^2
+    on the model's scale, its analogue (both grow with difficulty; only the order is used).
+    """
     was_training = model.training
     model.eval()
     out: list[float] = []
     size = task.train_pool_size
     for start in range(0, size, batch_size):
         batch = task.pool_batch(list(range(start, min(size, start + batch_size)))).to(device)
+        if isinstance(batch, ForecastBatch):
+            mask = batch.step_mask.float()
+            per_step = ((model(batch) - batch.target) ** 2).mean(-1)
+            out += ((per_step * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist()
+            continue
         logits = model(batch)
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch.tgt,
                                                 ignore_index=PAD, reduction="none")
