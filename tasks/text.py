@@ -20,6 +20,9 @@ sorted by length; their ``ids`` are positions in the split.
 from __future__ import annotations
 
 import functools
+import json
+import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -28,10 +31,11 @@ import torch
 from pydantic import Field, model_validator
 
 from tasks.base import Seq2SeqBatch, Task, TaskParams, pad_sequences, strip_special
-from tasks.data import Pair, assign_splits, read_hub_pairs, read_pair_files
+from tasks.data import Pair, assign_splits, cache_dir, read_hub_pairs, read_pair_files, stable_hash
 from tasks.tokenizer import TextTokenizer, TokenizerConfig
 
 SPLITS = ("train", "valid", "test")
+ENCODING_VERSION = 1  # bump when the encoding below changes
 
 
 class TextParams(TaskParams):
@@ -128,8 +132,12 @@ class TextPairTask(Task):
 
     @functools.cached_property
     def data(self) -> dict[str, EncodedSplit]:
+        """The encoded splits; built once per task object, encoded ids cached on disk (keyed by
+        the split texts and the vocabulary settings). ``prep_seconds`` records the stages."""
         p = self.params
+        started = time.perf_counter()
         splits = self.raw_splits()
+        read = time.perf_counter()
         train = splits["train"]
         if p.shared_vocab:
             tok = TextTokenizer.train([s for s, _ in train] + [t for _, t in train], p.tokenizer)
@@ -137,16 +145,35 @@ class TextPairTask(Task):
         else:
             self._tokenizers = (TextTokenizer.train([s for s, _ in train], p.tokenizer),
                                 TextTokenizer.train([t for _, t in train], p.tokenizer))
-        src_tok, tgt_tok = self._tokenizers
-        out = {}
-        for name in SPLITS:
-            pairs = splits[name]
-            src = [ids[: p.max_src_len] for ids in src_tok.encode([s for s, _ in pairs])]
-            tgt = tgt_tok.encode([t for _, t in pairs])
-            if name == "train":
-                tgt = [ids[: p.max_tgt_len] for ids in tgt]
-            out[name] = EncodedSplit(pairs, src, tgt)
+        vocab = time.perf_counter()
+        out = self._encode_cached(splits)
+        self.prep_seconds = {"read": read - started, "vocabulary": vocab - read,
+                             "encode": time.perf_counter() - vocab}
         return out
+
+    def _encode_cached(self, splits: dict[str, list[Pair]]) -> dict[str, EncodedSplit]:
+        p = self.params
+        key = stable_hash(ENCODING_VERSION, p.tokenizer.model_dump(), p.shared_vocab,
+                          p.max_src_len, p.max_tgt_len, splits)
+        path = cache_dir() / "encoded" / f"{key}.json"
+        if path.exists():
+            ids = json.loads(path.read_text())
+        else:
+            src_tok, tgt_tok = self._tokenizers
+            ids = {}
+            for name in SPLITS:
+                pairs = splits[name]
+                src = [x[: p.max_src_len] for x in src_tok.encode([s for s, _ in pairs])]
+                tgt = tgt_tok.encode([t for _, t in pairs])
+                if name == "train":
+                    tgt = [x[: p.max_tgt_len] for x in tgt]
+                ids[name] = {"src": src, "tgt": tgt}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(ids, separators=(",", ":")))
+            tmp.replace(path)  # atomic: parallel trials may write the same file
+        return {name: EncodedSplit(splits[name], ids[name]["src"], ids[name]["tgt"])
+                for name in SPLITS}
 
     @property
     def tokenizers(self) -> tuple[TextTokenizer, TextTokenizer]:

@@ -448,3 +448,40 @@ def test_latex_escapes_specials() -> None:
     tex = build_table(runs, lay).to_latex()
     assert "a\\&b\\_\\%\\#" in tex and "v\\_1 & 0.200 $\\pm$ 0.141 \\\\" in tex
     assert "a&b" not in tex
+
+
+def test_reference_rows_come_from_each_tasks_runs(tmp_path: pathlib.Path) -> None:
+    ref = "metrics." + rs.REFERENCE_PREFIX
+    runs = pd.DataFrame(
+        {
+            "task": ["mt", "mt", "ts", "ts"],
+            "seed": [0, 1, 0, 1],
+            "variant.x": ["a", "a", "a", "a"],
+            "metrics.test.bleu": [10.0, 12.0, np.nan, np.nan],
+            "metrics.test.mase": [np.nan, np.nan, 0.8, 0.9],
+            ref + "copy source.bleu": [7.5, 7.5, np.nan, np.nan],
+            ref + "seasonal naive.mase": [np.nan, np.nan, 1.0, 1.0],
+            ref + "seasonal naive.mae": [np.nan, np.nan, 3.0, 3.0],  # not a table metric
+        }
+    )
+    lay = TableLayout(axes={"x": ["a"]}, tasks=["mt", "ts"], metrics=["bleu", "mase"],
+                      directions={"bleu": "max", "mase": "min"})
+    table = build_table(runs, lay)
+    assert table.references == {
+        "reference: copy source": {("mt", "bleu", None): 7.5},
+        "reference: seasonal naive": {("ts", "mase", None): 1.0},
+    }
+    md = table.to_markdown()
+    # the column's decimals (2 for means >= 10), no cost columns in this frame
+    assert "| *reference: copy source* | 7.50 | — |\n" in md
+    assert "| *reference: seasonal naive* | — | 1.000 |\n" in md
+    assert "Reference rows (italic)" in md
+    # references are never bold and never tested against the baseline
+    assert table.cell("a", "mt", "bleu").best is False
+    tex = table.to_latex()
+    assert "\\textit{reference: copy source} & 7.50 & --- \\\\" in tex
+    write_table(table, tmp_path)
+    csv = pd.read_csv(tmp_path / "table.csv")
+    refs = csv[csv["reference"]]
+    assert sorted(refs["row"]) == ["reference: copy source", "reference: seasonal naive"]
+    assert refs.set_index("row").loc["reference: copy source", "mean"] == 7.5
