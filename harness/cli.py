@@ -96,6 +96,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from harness.provenance import git_commit
     from harness.results import write_results
     from harness.runner import RunOptions, run_suite
     from harness.tracking import TrackingError, resolve_tracking_uri
@@ -105,6 +106,7 @@ def cmd_run(args) -> int:
         return EXIT_BAD_INPUT
     uri = resolve_tracking_uri(args.tracking_uri, args.runs_dir)
     command = args.invocation
+    commit = git_commit(Path.cwd())  # the code that runs: HEAD at launch, not at the end
     opts = RunOptions(tracking_uri=uri, runs_dir=args.runs_dir, address=args.address,
                       max_concurrent=args.max_concurrent, max_failures=args.max_failures,
                       command=command, show_progress=not args.no_progress)
@@ -118,7 +120,8 @@ def cmd_run(args) -> int:
                + (f" ({outcome.skipped} from earlier launches)" if outcome.skipped else "")
                + (f", {len(outcome.failed)} failed" if outcome.failed else ""))
     out_dir = args.results_dir / suite.name
-    written = write_results(suite, uri, out_dir, command=command, summary=summary)
+    written = write_results(suite, uri, out_dir, command=command, summary=summary,
+                            commit=commit)
     for key, reason in sorted(outcome.failed.items()):
         console.print(f"[red]FAILED[/] {key}: {reason}")
     table = next((p for p in written if p.name == "table.md"), out_dir)

@@ -53,13 +53,14 @@ def machine() -> str:
 
 
 def write_run_md(out_dir: Path, suite_path: Path, command: str, summary: str,
-                 tracking_uri: str) -> Path:
+                 tracking_uri: str, commit: str | None = None) -> Path:
+    """RUN.md: how the results were made; ``commit`` defaults to HEAD now."""
     lines = [
         f"# How `{out_dir}` was made", "",
         f"- command: `{command}`",
         f"- suite: `{suite_path}`",
         f"- date (UTC): {datetime.now(timezone.utc):%Y-%m-%d %H:%M}",
-        f"- git commit: `{git_commit(Path.cwd())}`",
+        f"- git commit: `{commit or git_commit(Path.cwd())}`",
         f"- machine: {machine()}",
         f"- MLflow store: `{tracking_uri}`",
         f"- outcome: {summary}", "",

@@ -20,8 +20,9 @@ def layout_for(suite: Suite) -> TableLayout:
 
 
 def write_results(suite: Suite, tracking_uri: str, out_dir: Path, command: str,
-                  summary: str) -> list[Path]:
-    """Write the table (md, tex, csv), learning-curve figures and RUN.md; return the paths."""
+                  summary: str, commit: str | None = None) -> list[Path]:
+    """Write the table (md, tex, csv), learning-curve figures and RUN.md; return the paths.
+    ``commit``: the git commit the trials ran (default: HEAD now)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     layout = layout_for(suite)
     finished, failed = load_trial_runs(tracking_uri, suite.name)
@@ -42,5 +43,5 @@ def write_results(suite: Suite, tracking_uri: str, out_dir: Path, command: str,
                                  out_dir / "figures" / "schedules.png")
         if figure is not None:
             written.append(figure)
-    written.append(write_run_md(out_dir, suite.path, command, summary, tracking_uri))
+    written.append(write_run_md(out_dir, suite.path, command, summary, tracking_uri, commit))
     return written
