@@ -258,10 +258,13 @@ class Task(TaskBase):
 
     Subclasses implement the vocabulary sizes, ``max_target_len``, ``train_batch`` and
     ``eval_batches`` (returning :class:`Seq2SeqBatch`), ``score`` and, for sequence-level
-    training, ``reward``. ``detokenize`` turns ids into text for figures and evaluation.
+    training, ``reward`` (and ``default_reward``: the name of the fast token-id reward of
+    ``harness/training/rewards.py`` that equals it, used by ``train.loss.reward: task``).
+    ``detokenize`` turns ids into text for figures and evaluation.
     """
 
     kind: ClassVar[Literal["seq2seq", "forecast"]] = "seq2seq"
+    default_reward: ClassVar[str | None] = None  # bleu | rouge1 | rouge2 | rougeL on token ids
 
     @property
     @abstractmethod

@@ -51,6 +51,7 @@ class SummarizationTask(TextPairTask):
     name: ClassVar[str] = "summarization"
     Params: ClassVar[type[TaskParams]] = SummarizationParams
     metrics: ClassVar[dict[str, Direction]] = {k: "max" for k in ROUGE_TYPES}
+    default_reward: ClassVar[str | None] = "rougeL"
 
     params: SummarizationParams
 

@@ -35,7 +35,7 @@ from tasks.data import Pair, assign_splits, cache_dir, read_hub_pairs, read_pair
 from tasks.tokenizer import TextTokenizer, TokenizerConfig
 
 SPLITS = ("train", "valid", "test")
-ENCODING_VERSION = 1  # bump when the encoding below changes
+ENCODING_VERSION = 2  # bump when the encoding below changes
 
 
 class TextParams(TaskParams):

@@ -5,8 +5,9 @@ BPE: byte-pair encoding (Sennrich, Haddow & Birch 2016, "Neural Machine Translat
 Words with Subword Units"): start from characters and merge the most frequent adjacent pair
 until the vocabulary has ``vocab_size`` entries. Word level: the ``vocab_size`` most frequent
 whitespace-separated words. Both split text on whitespace first with SentencePiece's meta
-symbol (Kudo & Richardson 2018), so decoding gives back the text exactly (whitespace
-normalised); characters or words never seen in training become ``<unk>``.
+symbol (Kudo & Richardson 2018); texts are whitespace-normalised first (runs of spaces, tabs,
+newlines and no-break spaces become one space, ends stripped), so decoding gives back the
+normalised text exactly; characters or words never seen in training become ``<unk>``.
 
 Ids follow the Task API: 0 ``<pad>``, 1 ``<s>`` (BOS), 2 ``</s>`` (EOS), 3 ``<unk>``.
 """
@@ -26,6 +27,11 @@ SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 UNK = 3
 assert SPECIALS.index("<pad>") == PAD and SPECIALS.index("<s>") == BOS
 assert SPECIALS.index("</s>") == EOS and UNK == N_SPECIAL
+
+
+def normalize(text: str) -> str:
+    """Whitespace-normalised text: ``" ".join(text.split())``."""
+    return " ".join(text.split())
 
 
 class TokenizerConfig(TaskParams):
@@ -66,6 +72,7 @@ class TextTokenizer:
     def train(cls, texts: list[str], cfg: TokenizerConfig,
               cache: Path | None = None) -> TextTokenizer:
         """Train on ``texts`` or load the cached vocabulary of the same texts and settings."""
+        texts = [normalize(t) for t in texts]
         key = stable_hash(cfg.model_dump(), stable_hash(*texts))
         path = (cache or cache_dir() / "tokenizers") / f"{cfg.kind}-{key}.json"
         if path.exists():
@@ -83,6 +90,7 @@ class TextTokenizer:
         return self.tokenizer.get_vocab_size()
 
     def encode(self, texts: list[str]) -> list[list[int]]:
+        texts = [normalize(t) for t in texts]
         return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids: list[list[int]]) -> list[str]:

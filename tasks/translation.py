@@ -45,6 +45,7 @@ class TranslationTask(TextPairTask):
     name: ClassVar[str] = "translation"
     Params: ClassVar[type[TaskParams]] = TranslationParams
     metrics: ClassVar[dict[str, Direction]] = {"bleu": "max", "chrf": "max"}
+    default_reward: ClassVar[str | None] = "bleu"
 
     params: TranslationParams
 

@@ -167,3 +167,15 @@ def test_config_validation() -> None:
         TokenizerConfig(kind="unigram")
     with pytest.raises(ValidationError, match="extra"):
         TokenizerConfig(size=10)
+
+
+def test_whitespace_is_normalised_before_training_and_encoding() -> None:
+    texts = ["double\ttab\nnl  x", "  lead and trail  ", "no\xa0break space"]
+    tok = TextTokenizer.train(texts * 3, TokenizerConfig(kind="word", vocab_size=50,
+                                                         min_frequency=1))
+    vocab = set(tok.tokenizer.get_vocab())
+    assert "▁double" in vocab and "▁tab" in vocab and not any("\t" in w for w in vocab)
+    assert tok.decode(tok.encode(texts)) == ["double tab nl x", "lead and trail",
+                                             "no break space"]
+    # equal up to whitespace -> the same ids and the same cached vocabulary
+    assert tok.encode(["double tab nl x"]) == tok.encode(["double\t tab\nnl x "])
