@@ -100,6 +100,10 @@ class TrainConfig(Strict):
     clip: ClipConfig = Field(default_factory=ClipConfig)
     lr_schedule: LRScheduleConfig = Field(default_factory=LRScheduleConfig)
     dropout_schedule: DropoutScheduleConfig = Field(default_factory=DropoutScheduleConfig)
+    init_from: dict[str, str] | None = Field(
+        None, description="start from the final model of the suite's trial with the same task "
+        "and seed and these variants (axis: variant; other axes as this trial), for example "
+        "{objective: ce} to fine-tune a cross-entropy model; it runs first")
 
 
 class TrialConfig(Strict):

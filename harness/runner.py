@@ -78,7 +78,8 @@ def dirname_for(trial) -> str:
 
 
 def run_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
-    """Run every trial of the suite not yet finished; returns what happened."""
+    """Run every trial of the suite not yet finished, stage by stage (trials that start from
+    another trial's model run after it); returns what happened."""
     from ray import tune
 
     from harness.progress import ProgressView
@@ -86,12 +87,11 @@ def run_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
     artifact_dir = opts.runs_dir / "mlartifacts"
     experiment_id = prepare_experiment(opts.tracking_uri, suite.name, artifact_dir)
     trials = suite.trials()
+    stages = suite.stages()
     storage = (opts.runs_dir / "ray").resolve()
     name = f"{suite.name}-{suite.fingerprint()}"
-    experiment_path = storage / name
     done_before = finished_trial_keys(opts.tracking_uri, experiment_id, suite.name)
     pending = [t for t in trials if t["key"] not in done_before]
-    restorable = tune.Tuner.can_restore(str(experiment_path))
     if not pending:
         return RunOutcome(total=len(trials), skipped=len(trials), finished=len(trials),
                           failed={})
@@ -109,7 +109,34 @@ def run_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
         progress.console.print(f"{skipped} of {len(trials)} trials finished in earlier "
                                "launches; they are not run again")
     callbacks = [progress] if opts.show_progress else []
-    if restorable:
+    status = "FAILED"
+    failed: dict[str, str] = {}
+    try:
+        for index, stage in enumerate(stages):
+            todo = [t for t in stage if t["key"] not in done_before]
+            if not todo:
+                continue
+            stage_name = name if len(stages) == 1 else f"{name}-stage{index}"
+            failed.update(_run_stage(todo, trainable, storage, stage_name, opts, callbacks,
+                                     progress))
+        status = "FINISHED"
+    finally:
+        progress.stop()
+        end_run(opts.tracking_uri, parent, status)
+    now_done = finished_trial_keys(opts.tracking_uri, experiment_id, suite.name)
+    keys = {t["key"] for t in trials}
+    return RunOutcome(total=len(trials), skipped=skipped, finished=len(keys & now_done),
+                      failed={k: v for k, v in failed.items() if k not in now_done})
+
+
+def _run_stage(todo: list[dict], trainable, storage: Path, name: str, opts: RunOptions,
+               callbacks: list, progress) -> dict[str, str]:
+    """One Tune experiment over ``todo`` (restored if an earlier launch was interrupted);
+    returns trial key -> failure reason."""
+    from ray import tune
+
+    experiment_path = storage / name
+    if tune.Tuner.can_restore(str(experiment_path)):
         progress.console.print(f"resuming the interrupted launch in {experiment_path}")
         tuner = tune.Tuner.restore(str(experiment_path), trainable=trainable,
                                    resume_errored=True, restart_errored=False)
@@ -118,7 +145,7 @@ def run_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space={"trial": tune.grid_search(pending)},
+            param_space={"trial": tune.grid_search(todo)},
             tune_config=tune.TuneConfig(
                 num_samples=1, max_concurrent_trials=opts.max_concurrent,
                 reuse_actors=True, trial_dirname_creator=dirname_for),
@@ -126,18 +153,9 @@ def run_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
                 name=name, storage_path=str(storage), verbose=0, callbacks=callbacks,
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-    status = "FAILED"
-    try:
-        grid = tuner.fit()
-        status = "FINISHED"
-    finally:
-        progress.stop()
-        end_run(opts.tracking_uri, parent, status)
+    grid = tuner.fit()
     failed = {}
     for result in grid:
         if result.error is not None and result.config:
             failed[result.config["trial"]["key"]] = str(result.error).strip().splitlines()[-1][:300]
-    now_done = finished_trial_keys(opts.tracking_uri, experiment_id, suite.name)
-    keys = {t["key"] for t in trials}
-    return RunOutcome(total=len(trials), skipped=skipped, finished=len(keys & now_done),
-                      failed={k: v for k, v in failed.items() if k not in now_done})
+    return failed

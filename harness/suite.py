@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.config import TrialConfig, set_dotted
 from harness.registry import TaskLookupError, load_task_class
+from harness.training.losses import SEQUENCE_LOSSES
 from tasks.base import TaskBase
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -117,6 +118,7 @@ class Suite:
             for task in self.spec.tasks:
                 for seed in self.spec.seeds:
                     label = task_label(task)
+                    source = config["train"]["init_from"]
                     out.append({
                         "key": trial_key(variants, label, seed),
                         "suite": self.name,
@@ -124,7 +126,28 @@ class Suite:
                         "task": {"name": task.name, "label": label, "params": task.params},
                         "seed": seed,
                         "config": config,
+                        "init_from": (trial_key({**variants, **source}, label, seed)
+                                      if source else None),
                     })
+        return out
+
+    def stages(self) -> list[list[dict[str, Any]]]:
+        """The trials in dependency order: stage 0 starts from scratch, stage s + 1 starts
+        from the final models of stage s (``train.init_from``)."""
+        trials = {t["key"]: t for t in self.trials()}
+        depth: dict[str, int] = {}
+
+        def level(key: str) -> int:
+            if key not in depth:
+                source = trials[key]["init_from"]
+                depth[key] = 0 if source is None else level(source) + 1
+            return depth[key]
+
+        out: list[list[dict[str, Any]]] = []
+        for key, trial in trials.items():
+            stage = level(key)
+            out += [[] for _ in range(stage + 1 - len(out))]
+            out[stage].append(trial)
         return out
 
     def fingerprint(self) -> str:
@@ -240,6 +263,7 @@ def load_suite(path: str | Path) -> Suite:
     task_classes = _resolve_tasks(spec, fail)
     fail(_metric_errors(spec, task_classes))
     fail(_kind_errors(spec, task_classes))
+    fail(_init_from_errors(spec))
     fail(_table_errors(spec))
     if len(set(spec.seeds)) != len(spec.seeds):
         fail([f"seeds: duplicate seeds in {spec.seeds}"])
@@ -326,18 +350,59 @@ def forecast_conflicts(config: dict[str, Any]) -> list[str]:
 
 
 def _kind_errors(spec: SuiteFile, task_classes: dict[str, type[TaskBase]]) -> list[str]:
-    forecast = [label for label, cls in task_classes.items() if cls.kind == "forecast"]
-    if not forecast:
-        return []
+    """Settings a task's kind cannot train with: token losses or the multi-task curriculum on
+    a forecasting task; a sequence-level loss with ``reward: task`` on a task without one."""
     combos = itertools.product(*(list(v.items()) for v in spec.axes.values()))
     for combo in itertools.islice(combos, 10_000):
         config = resolve_config(spec.base, [over or {} for _, over in combo])
-        problems = forecast_conflicts(config)
-        if problems:
-            where = " + ".join(f"{a}.{n}" for a, (n, _) in zip(spec.axes, combo, strict=True))
-            where = f"variant {where}" if where else "base"
-            return [f"tasks: '{forecast[0]}' is a forecasting task; {where}: {line}"
-                    for line in problems]
+        where = " + ".join(f"{a}.{n}" for a, (n, _) in zip(spec.axes, combo, strict=True))
+        where = f"variant {where}" if where else "base"
+        loss = config["train"]["loss"]
+        for label, cls in task_classes.items():
+            if cls.kind == "forecast":
+                problems = forecast_conflicts(config)
+                if problems:
+                    return [f"tasks: '{label}' is a forecasting task; {where}: {line}"
+                            for line in problems]
+            elif (loss["kind"] in SEQUENCE_LOSSES and loss["reward"] == "task"
+                  and getattr(cls, "default_reward", None) is None):
+                return [f"{where}: train.loss.reward: 'task', but task '{label}' declares no "
+                        "default reward; name one: bleu, rouge1, rouge2, rougeL"]
+    return []
+
+
+def _init_from_errors(spec: SuiteFile) -> list[str]:
+    """``train.init_from`` must name variants of the suite's axes, and not form a cycle."""
+    axes = spec.axes
+    combos = list(itertools.product(*(list(v.items()) for v in axes.values())))
+    source_of: dict[tuple[str, ...], tuple[str, ...]] = {}
+    for combo in combos:
+        names = tuple(name for name, _ in combo)
+        config = resolve_config(spec.base, [over or {} for _, over in combo])
+        source = config["train"]["init_from"]
+        if not source:
+            continue
+        where = "variant " + " + ".join(f"{a}.{n}" for a, n in zip(axes, names, strict=True)) \
+            if axes else "base"
+        for axis, variant in source.items():
+            if axis not in axes:
+                return [f"{where}: train.init_from: unknown axis '{axis}'; axes: "
+                        f"{', '.join(axes) or 'none'}"]
+            if variant not in axes[axis]:
+                return [f"{where}: train.init_from: axis '{axis}' has no variant '{variant}'; "
+                        f"variants: {', '.join(axes[axis])}"]
+        target = tuple(source.get(axis, name) for axis, name in zip(axes, names, strict=True))
+        if target == names:
+            return [f"{where}: train.init_from names the trial itself"]
+        source_of[names] = target
+    for start in source_of:
+        seen, node = {start}, start
+        while node in source_of:
+            node = source_of[node]
+            if node in seen:
+                return [f"train.init_from: the variants {' -> '.join('/'.join(n) for n in seen)}"
+                        " start from each other (a cycle)"]
+            seen.add(node)
     return []
 
 

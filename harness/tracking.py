@@ -148,8 +148,8 @@ def load_trial_artifacts(tracking_uri: str | None, reference: str, default_suite
         filter_string=(f"tags.`{rs.TAG_TRIAL_KEY}` = '{key}' and "
                        "attributes.status = 'FINISHED'"))
     if not runs:
-        raise TrackingError(f"no finished trial '{key}' in suite '{suite}' (run it first: "
-                            "from_trial names a trial of an earlier launch)")
+        raise TrackingError(f"no finished trial '{key}' in suite '{suite}' (a trial named by "
+                            "from_trial or init_from must have finished first; did it fail?)")
     run_id = runs[0].info.run_id
     try:
         config = json.loads(Path(client.download_artifacts(

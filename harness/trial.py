@@ -98,6 +98,8 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
     tracker = None
     if runtime.tracking_uri is not None:
         tracker = TrialTracker(runtime.tracking_uri, runtime.experiment_id, runtime.parent_run_id)
+    if resume is None and trial.get("init_from"):
+        start_from_trial(model, runtime, trial["init_from"], trial["suite"])
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -155,6 +157,20 @@ def reference_metrics(task) -> dict[str, float]:
     return {f"{rs.REFERENCE_PREFIX}{name}.{metric}": float(value)
             for name, values in task.reference_scores("test").items()
             for metric, value in values.items()}
+
+
+def start_from_trial(model: torch.nn.Module, runtime: Runtime, key: str, suite: str) -> None:
+    """Load the final weights of the suite's finished trial ``key`` into ``model``
+    (``train.init_from``: for example a cross-entropy model to fine-tune)."""
+    from harness.tracking import load_trial_artifacts
+
+    with tempfile.TemporaryDirectory() as folder:
+        _, weights = load_trial_artifacts(runtime.tracking_uri, key, suite, Path(folder))
+        try:
+            model.load_state_dict(torch.load(weights, weights_only=True))
+        except RuntimeError as exc:
+            raise ValueError(f"init_from: trial '{key}' has a different model or task "
+                             f"vocabulary: {str(exc).splitlines()[0]}") from exc
 
 
 def load_trial_model(runtime: Runtime, reference: str, suite: str, task,

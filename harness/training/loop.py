@@ -3,7 +3,8 @@
 Each step: the schedules give this step's teacher-forcing probability eps_i and dropout rates;
 the curriculum picks the batch (a pure function of seed, step and the curriculum's state, so a
 resumed trial continues exactly); the model computes the configured loss, with scheduled
-sampling when eps_i < 1; gradients are clipped and the optimizer and learning-rate scheduler
+sampling when eps_i < 1 (or, once a sequence-level loss is active, the reward-based loss of
+``training/sequence_level.py``); gradients are clipped and the optimizer and learning-rate scheduler
 step; the curriculum sees the batch's accuracy. Every ``log_every`` steps the training numbers go
 to ``on_log``; every ``eval_every`` steps (and at the last) the validation metrics go to
 ``on_eval``, which also checkpoints.
@@ -52,17 +53,23 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task: TaskBa
         techniques.curriculum.prepare(state.step, model, device)
         parts = techniques.curriculum.parts(state.step, cfg.batch_size, seed)
 
-        loss, tokens, accuracy = 0.0, 0, 0.0
+        loss, tokens, extra = 0.0, 0, {}
         for task_index, weight, batch in parts:  # one part unless the curriculum is multi-task
             batch = batch.to(device)
             model.select(task_index)
-            part_loss, output, decoded = model.training_loss(batch, cfg.loss, eps,
-                                                             cfg.sampling.feed)
+            if techniques.objective.active(state.step):  # sequence-level training
+                part_loss, stats = techniques.objective.loss(model, batch, state.step)
+                extra.update(stats)
+            else:
+                part_loss, output, decoded = model.training_loss(batch, cfg.loss, eps,
+                                                                 cfg.sampling.feed)
+                part_accuracy = model.batch_accuracy(output.detach(), batch)
+                techniques.curriculum.observe(part_accuracy, task_index)
+                if task_index == 0:
+                    extra["train.accuracy"] = part_accuracy
+                    extra["train.truth_fraction"] = decoded.truth_fraction
             loss = loss + weight * part_loss
-            part_accuracy = model.batch_accuracy(output.detach(), batch)
-            techniques.curriculum.observe(part_accuracy, task_index)
             tokens += batch.tokens
-            accuracy = part_accuracy if task_index == 0 else accuracy
         model.select(0)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"loss is {loss.item()} at step {state.step}")
@@ -77,9 +84,8 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task: TaskBa
         state.tokens += tokens
         state.train_seconds += time.perf_counter() - started
         if state.step % cfg.log_every == 0:
-            on_log(state, {"train.loss": loss.item(), "train.accuracy": accuracy,
-                           "train.eps": eps, "train.truth_fraction": decoded.truth_fraction,
-                           "train.lr": lr, **rates, **clipped, **techniques.curriculum.last})
+            on_log(state, {"train.loss": loss.item(), "train.eps": eps, "train.lr": lr,
+                           **extra, **rates, **clipped, **techniques.curriculum.last})
         if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
             metrics = evaluate(model, task, "valid", cfg.eval_batch_size, device)
             on_eval(state, metrics)

@@ -31,25 +31,56 @@ from harness.strict import Strict
 TimeWeight = Literal["constant", "linear_up", "linear_down"]
 
 
-class LossConfig(Strict):
-    """``ce`` (with ``label_smoothing``) or ``focal`` (``gamma``, ``alpha0``, ``time_weight``).
+TOKEN_LOSSES = ("ce", "focal")
+SEQUENCE_LOSSES = ("reinforce", "scst", "mrt", "mixer")
 
-    ``ce`` ignores the focal fields, so a suite can sweep ``kind`` over a base that sets them;
-    ``focal`` refuses a label_smoothing > 0 (it has no smoothed form here).
+
+class LossConfig(Strict):
+    """Token losses: ``ce`` (with ``label_smoothing``) or ``focal`` (``gamma``, ``alpha0``,
+    ``time_weight``). Sequence-level losses (``training/sequence_level.py``): ``reinforce``,
+    ``scst``, ``mrt``, ``mixer``, on the sentence reward ``reward`` of ``samples`` candidates
+    per source, after ``pretrain_steps`` steps of cross entropy; ``mix_lambda`` > 0 trains on
+    lambda * CE + (1 - lambda) * L_seq.
+
+    Fields that do not apply to ``kind`` are ignored, so a suite can sweep ``kind`` over a base
+    that sets them; ``focal`` refuses a label_smoothing > 0 (it has no smoothed form here).
     """
 
-    kind: Literal["ce", "focal"] = "ce"
+    kind: Literal["ce", "focal", "reinforce", "scst", "mrt", "mixer"] = "ce"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     gamma: float = Field(2.0, ge=0)
     alpha0: float = Field(1.0, gt=0)
     time_weight: TimeWeight = "constant"
+    reward: Literal["task", "bleu", "rouge1", "rouge2", "rougeL"] = Field(
+        "task", description="sentence reward; task: the task's own (translation BLEU, "
+        "summarization ROUGE-L)")
+    samples: int = Field(5, ge=1, description="K candidates sampled per source")
+    baseline: Literal["moving_average", "leave_one_out"] = "moving_average"
+    baseline_decay: float = Field(0.9, ge=0, lt=1)
+    temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(0, ge=0)
+    mrt_alpha: float = Field(0.005, gt=0, description="sharpness alpha of Q(y|x)")
+    mrt_reference: bool = Field(True, description="add the reference to MRT's candidates")
+    mix_lambda: float = Field(0.0, ge=0, lt=1)
+    pretrain_steps: int = Field(0, ge=0, description="cross-entropy steps before the "
+                                "sequence-level loss starts")
+    mixer_start: int | None = Field(None, ge=0, description="MIXER: tokens trained with cross "
+                                    "entropy at first (default: the longest target)")
+    mixer_every: int = Field(100, ge=1, description="MIXER: steps between boundary moves")
+    mixer_delta: int = Field(2, ge=1, description="MIXER: tokens the boundary moves by")
 
     @model_validator(mode="after")
     def check(self) -> LossConfig:
         if self.kind == "focal" and self.label_smoothing > 0:
             raise ValueError("field 'label_smoothing': applies to kind 'ce' only "
                              f"(got {self.label_smoothing} with kind 'focal')")
+        if self.kind == "reinforce" and self.baseline == "leave_one_out" and self.samples < 2:
+            raise ValueError("field 'samples': the leave-one-out baseline needs samples >= 2")
         return self
+
+    @property
+    def sequence_level(self) -> bool:
+        return self.kind in SEQUENCE_LOSSES
 
 
 def _masked_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -109,8 +140,9 @@ def sequence_focal_loss(logits: torch.Tensor, target: torch.Tensor, pad_id: int,
 
 def sequence_loss(cfg: LossConfig, logits: torch.Tensor, target: torch.Tensor, pad_id: int,
                   lengths: torch.Tensor | None = None) -> torch.Tensor:
-    """The training loss ``cfg`` names, averaged over non-pad tokens."""
-    if cfg.kind == "ce":
+    """The token loss ``cfg`` names, averaged over non-pad tokens (cross entropy for the
+    sequence-level kinds: their pretraining stage)."""
+    if cfg.kind != "focal":
         return token_cross_entropy(logits, target, pad_id, cfg.label_smoothing)
     return sequence_focal_loss(logits, target, pad_id, cfg.gamma, cfg.alpha0, cfg.time_weight,
                                lengths)

@@ -1,5 +1,6 @@
 """The training techniques a trial switches on, bundled for the loop and its checkpoints:
-curriculum, gradient clipper, learning-rate scheduler and dropout schedule."""
+curriculum, sequence-level objective, gradient clipper, learning-rate scheduler and dropout
+schedule."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from harness.training.curriculum import Curriculum
 from harness.training.lr_schedules import make_lr_scheduler
 from harness.training.multitask import MultiTaskCurriculum
 from harness.training.schedules import dropout_scale, teacher_forcing_prob
+from harness.training.sequence_level import SequenceObjective
 from tasks.base import Task
 
 RATE_NAMES = [f.name for f in fields(DropoutRates) if f.name != "variational"]
@@ -32,6 +34,8 @@ class Techniques:
             self.curriculum = MultiTaskCurriculum(cfg.curriculum, task, aux_tasks or [], labels)
         else:
             self.curriculum = Curriculum(cfg.curriculum, task, cfg.steps, scorer)
+        self.objective = SequenceObjective(cfg.loss, task.max_target_len + 1,
+                                           getattr(task, "default_reward", None))
         self.clipper = GradientClipper(cfg.clip)
         self.scheduler = make_lr_scheduler(optimizer, cfg.lr_schedule, cfg.steps)
         self.optimizer = optimizer
@@ -58,9 +62,11 @@ class Techniques:
     def state_dict(self) -> dict[str, Any]:
         return {"curriculum": self.curriculum.state_dict(),
                 "clipper": self.clipper.state_dict(),
-                "scheduler": self.scheduler.state_dict()}
+                "scheduler": self.scheduler.state_dict(),
+                "objective": self.objective.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.curriculum.load_state_dict(state["curriculum"])
         self.clipper.load_state_dict(state["clipper"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.objective.load_state_dict(state.get("objective", {}))
