@@ -396,13 +396,14 @@ def _init_from_errors(spec: SuiteFile) -> list[str]:
             return [f"{where}: train.init_from names the trial itself"]
         source_of[names] = target
     for start in source_of:
-        seen, node = {start}, start
+        path, node = [start], start  # in order: each variant starts from the next
         while node in source_of:
             node = source_of[node]
-            if node in seen:
-                return [f"train.init_from: the variants {' -> '.join('/'.join(n) for n in seen)}"
+            if node in path:
+                cycle = [*path[path.index(node):], node]
+                return [f"train.init_from: the variants {' -> '.join('/'.join(n) for n in cycle)}"
                         " start from each other (a cycle)"]
-            seen.add(node)
+            path.append(node)
     return []
 
 

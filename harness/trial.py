@@ -98,8 +98,6 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
     tracker = None
     if runtime.tracking_uri is not None:
         tracker = TrialTracker(runtime.tracking_uri, runtime.experiment_id, runtime.parent_run_id)
-    if resume is None and trial.get("init_from"):
-        start_from_trial(model, runtime, trial["init_from"], trial["suite"])
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -127,6 +125,8 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
                 "mlflow_run_id": tracker.run_id if tracker else None})
 
     try:
+        if resume is None and trial.get("init_from"):  # inside: a failure is recorded
+            start_from_trial(model, runtime, trial["init_from"], trial["suite"])
         train(model, optimizer, task, cfg.train, trial["seed"], state, device, techniques,
               on_log, on_eval)
         test = evaluate(model, task, "test", cfg.train.eval_batch_size, device)

@@ -76,17 +76,17 @@ def _lowmask(k: Tensor, words: int) -> Tensor:
 
 @functools.lru_cache(maxsize=64)
 def _position_bits(length: int, words: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """One bit per position, [W, L], and the bits of the positions before each, [W, L]."""
+    """One bit per position, [W, 1, L], and the bits of the positions before each, [W, 1, L]."""
     pos = torch.arange(length, device=device)
     before = _lowmask(pos, words)
-    return (_lowmask(pos + 1, words) ^ before).t().contiguous(), before.t().contiguous()
+    return (_lowmask(pos + 1, words) ^ before).t().unsqueeze(1), before.t().unsqueeze(1)
 
 
 def _shr(x: Tensor, s: int) -> Tensor:
-    """Right shift by s < 62 of multiword masks [C, W, ...] (word dimension 1)."""
+    """Right shift by s < 62 of multiword masks [L, C, W, N] (word dimension 2)."""
     out = x >> s
-    if x.shape[1] > 1 and s:
-        out[:, :-1] |= (x[:, 1:] & ((1 << s) - 1)) << (_B - s)
+    if x.shape[2] > 1 and s:
+        out[:, :, :-1] |= (x[:, :, 1:] & ((1 << s) - 1)) << (_B - s)
     return out
 
 
@@ -109,81 +109,74 @@ def _check(hyp: Tensor, hyp_len: Tensor, ref: Tensor, ref_len: Tensor) -> tuple[
 
 def _masks(hyp: Tensor, hyp_len: Tensor, ref: Tensor, ref_len: Tensor,
            earlier: bool = True) -> Tensor:
-    """X [C, W, N, Lh] int64 multiword masks for each hypothesis position i < hyp_len: channel 0
+    """X [Lh, C, W, N] int64 multiword masks for each hypothesis position i < hyp_len: channel 0
     has the bits of the reference positions j < ref_len with ref[j] == hyp[i], channel 1 (if
     ``earlier``) those of the hypothesis positions i' < i with hyp[i'] == hyp[i]. Positions
-    i >= hyp_len are all zero."""
+    i >= hyp_len are all zero. (Positions first: slices along them are contiguous.)"""
     n, lh = hyp.shape
     lr = ref.shape[1]
     words = max(1, -(-max(lh, lr) // _B))
     channels = 2 if earlier else 1
     dev = hyp.device
+    hyp, ref = hyp.long(), ref.long()
     vh = torch.arange(lh, device=dev) < hyp_len.unsqueeze(1)
     vr = torch.arange(lr, device=dev) < ref_len.unsqueeze(1)
-    th = torch.where(vh, hyp, 0).long()
-    tr = torch.where(vr, ref, 0).long()
-    hi, hi_r, lo, lo_r = torch.stack((th.max(), tr.max(), th.min(), tr.min())).tolist()
-    if min(lo, lo_r) < 0:
-        raise ValueError("token ids must be >= 0")
-    nbits = max(1, hi, hi_r).bit_length()
-    digits = -(-nbits // _DIGIT_BITS)
-    dbits = -(-nbits // digits)
-    size = 1 << dbits  # table entries per row, digit, channel and word
-    slots = n * size + 1  # the last one is kept 0: positions past the lengths read it
-    row = torch.arange(0, n * size, size, device=dev).unsqueeze(1)
-    base_h = torch.where(vh, row, n * size)
-    base_r = torch.where(vr, row, n * size)
+    lo, hi = torch.stack((torch.minimum(hyp.min(), ref.min()),
+                          torch.maximum(hyp.max(), ref.max()))).tolist()
+    if lo < 0:  # the padding may be negative: look at the ids within the lengths only
+        lo, hi = torch.stack((torch.minimum(hyp[vh].min(), ref[vr].min()),
+                              torch.maximum(hyp[vh].max(), ref[vr].max()))).tolist()
+        if lo < 0:
+            raise ValueError("token ids must be >= 0")
+    digits = -(-(hi + 1).bit_length() // _DIGIT_BITS)
+    dbits = -(-(hi + 1).bit_length() // digits)
     bits_h, before_h = _position_bits(lh, words, dev)
     bits_r = _position_bits(lr, words, dev)[0]
-    if words > 1:
-        word_off = torch.arange(0, words * slots, slots, device=dev).view(words, 1, 1)
-        base_h, base_r = base_h + word_off, base_r + word_off
-    val_r = bits_r.unsqueeze(1).expand(words, n, lr).flatten()
-    val_h = bits_h.unsqueeze(1).expand(words, n, lh).flatten()
-    chan_off = torch.arange(0, channels * words * slots, words * slots, device=dev)
     x = None
     for d in range(digits):
-        dh = (th >> (d * dbits)) & (size - 1) if digits > 1 else th
-        dr = (tr >> (d * dbits)) & (size - 1) if digits > 1 else tr
-        key_h = base_h + dh
-        table = hyp.new_zeros((channels, words, slots), dtype=torch.long)
-        flat = table.view(-1)
-        flat.scatter_add_(0, (base_r + dr).flatten(), val_r)
+        # table column = digit d of the id + 1; column 0 takes the positions past the lengths
+        # and is cleared before the look-up
+        if digits > 1:
+            dh = torch.where(vh, (hyp >> (d * dbits)) & ((1 << dbits) - 1), -1) + 1
+            dr = torch.where(vr, (ref >> (d * dbits)) & ((1 << dbits) - 1), -1) + 1
+            size = (1 << dbits) + 1
+        else:
+            dh, dr, size = torch.where(vh, hyp + 1, 0), torch.where(vr, ref + 1, 0), hi + 2
+        table = hyp.new_zeros((channels, words, n, size))
+        table[0].scatter_add_(2, dr.expand(words, n, lr), bits_r.expand(words, n, lr))
         if earlier:
-            flat[words * slots :].scatter_add_(0, key_h.flatten(), val_h)
-        table[:, :, -1] = 0
-        part = flat.index_select(0, (chan_off.view(-1, 1) + key_h.view(1, -1)).flatten())
+            table[1].scatter_add_(2, dh.expand(words, n, lh), bits_h.expand(words, n, lh))
+        table[..., 0] = 0
+        part = table.gather(3, dh.expand(channels, words, n, lh))
         x = part if x is None else x.bitwise_and_(part)
-    x = x.view(channels, words, n, lh)
     if earlier:
-        x[1] &= before_h.unsqueeze(1)
-    return x
+        x[1] &= before_h
+    return x.permute(3, 0, 1, 2).contiguous()
 
 
-def _matches(x: Tensor, orders: tuple[int, ...]) -> dict[int, Tensor]:
-    """Clipped matches m_n = sum_g min(c_h(g), c_r(g)) per row, [N] int64, for each n in
-    ``orders``, from the masks of ``_masks(earlier=True)``."""
-    lh = x.shape[-1]
-    out = {}
+def _matches(x: Tensor, max_order: int) -> Tensor:
+    """Clipped matches m_n = sum_g min(c_h(g), c_r(g)), [max_order, N] int64 for n = 1 ..
+    max_order, from the masks of ``_masks(earlier=True)``."""
+    lh = x.shape[0]
+    out = []
     xn = x
-    for order in range(1, max(orders) + 1):
+    for order in range(1, max_order + 1):
         if order > lh:
-            out[order] = x.new_zeros(x.shape[2])
+            out.append(x.new_zeros(x.shape[-1]))
             continue
         if order > 1:
-            xn = xn[..., : lh - order + 1] & _shr(x[..., order - 1 :], order - 1)
-        if order in orders:
-            pc = _popcount(xn)
-            pc = pc.sum(1) if pc.shape[1] > 1 else pc[:, 0]
-            out[order] = (pc[1] < pc[0]).sum(-1)
-    return out
+            xn = xn[: lh - order + 1] & _shr(x[order - 1 :], order - 1)
+        pc = _popcount(xn)  # [L', C, W, N]
+        pc = pc.sum(2) if pc.shape[2] > 1 else pc[:, :, 0]
+        out.append((pc[:, 1] < pc[:, 0]).sum(0))
+    return torch.stack(out)
 
 
 def _lcs(x: Tensor, ref_len: Tensor) -> Tensor:
     """LCS lengths [N] by the bit-parallel recurrence, from channel 0 of ``_masks``."""
-    words = x.shape[1]
+    words = x.shape[2]
     mask = _lowmask(ref_len, words).t().contiguous()  # [W, N]
-    ms = x[0].permute(2, 0, 1).contiguous()  # [Lh, W, N]
+    ms = x[:, 0]  # [Lh, W, N]
     if words == 1:
         v, full = mask[0].clone(), mask[0]
         u, s = torch.empty_like(v), torch.empty_like(v)
@@ -213,22 +206,22 @@ def _f1(hits: Tensor, n_pred: Tensor, n_target: Tensor) -> Tensor:
     return torch.where(p + r > 0, 2 * p * r / (p + r), torch.zeros_like(p))
 
 
-def _bleu(matches: dict[int, Tensor], hyp_len: Tensor, ref_len: Tensor) -> Tensor:
-    """sacrebleu's compute_bleu with exp smoothing and effective order, / 100 (float64)."""
+def _bleu(matches: Tensor, hyp_len: Tensor, ref_len: Tensor) -> Tensor:
+    """sacrebleu's compute_bleu with exp smoothing and effective order, / 100 (float64).
+
+    p_n = 100 m_n / t_n, or 100 2^-k_n / t_n for m_n = 0 (the same roundings as sacrebleu's
+    100 / (2^k_n t_n)); orders with t_n = 0 (n > E) get weight 0; BP = exp(min(0, 1 - |r|/|h|)).
+    """
     hl = hyp_len.double()
-    rl = ref_len.double()
-    correct = torch.stack([matches[k] for k in range(1, BLEU_ORDER + 1)], 1).double()
-    order = torch.arange(BLEU_ORDER, device=hl.device)
-    total = (hl.unsqueeze(1) - order).clamp(min=0)
-    used = total > 0  # n <= E = min(|h|, 4)
+    correct = matches.t().double()
+    total = hl.unsqueeze(1) - torch.arange(BLEU_ORDER, device=hl.device)
+    used = total > 0
     zero = correct == 0
-    smooth = torch.exp2(zero.double().cumsum(1))
-    prec = torch.where(zero, 100.0 / (smooth * total), 100.0 * correct / total)
-    logp = torch.where(used, torch.log(torch.where(used, prec, 1.0)), 0.0)
+    num = torch.where(zero, torch.exp2(-zero.cumsum(1)), correct)
+    logp = torch.log(100 * num / total.clamp_(min=1)).mul_(used)
     score = torch.exp(logp.sum(1) / hl.clamp(1, BLEU_ORDER))
-    bp = torch.where(hl < rl, torch.exp(1 - rl / hl.clamp(min=1)), 1.0)
-    score = torch.where(zero.all(1) | (hl == 0), 0.0, bp * score)
-    return (score / 100).clamp(0, 1)
+    bp = torch.exp((1 - ref_len.double() / hl).clamp_(max=0))
+    return (bp * score / 100).masked_fill_(zero[:, 0], 0).clamp_(max=1)
 
 
 def _rouge_n(matches: Tensor, hyp_len: Tensor, ref_len: Tensor, n: int) -> Tensor:
@@ -256,7 +249,7 @@ def token_rewards(hyp: Tensor, hyp_len: Tensor, ref: Tensor, ref_len: Tensor,
                earlier=any(k != "rougeL" for k in names))
     orders = set(range(1, BLEU_ORDER + 1)) if "bleu" in names else set()
     orders |= {int(k[5:]) for k in names if k in ("rouge1", "rouge2")}
-    matches = _matches(x, tuple(sorted(orders))) if orders else {}
+    matches = _matches(x, max(orders)) if orders else None
     out = {}
     for k in names:
         if k == "bleu":
@@ -265,7 +258,7 @@ def token_rewards(hyp: Tensor, hyp_len: Tensor, ref: Tensor, ref_len: Tensor,
             out[k] = _rouge_l(_lcs(x, ref_len), hyp_len, ref_len)
         else:
             n = int(k[5:])
-            out[k] = _rouge_n(matches[n], hyp_len, ref_len, n)
+            out[k] = _rouge_n(matches[n - 1], hyp_len, ref_len, n)
     return {k: v.to(dtype) for k, v in out.items()}
 
 
@@ -282,7 +275,7 @@ def rouge_n(hyp: Tensor, hyp_len: Tensor, ref: Tensor, ref_len: Tensor, n: int) 
     if lh < n or lr < n:
         return hyp.new_zeros(len(hyp), dtype=torch.get_default_dtype())
     x = _masks(hyp[:, :lh], hyp_len, ref[:, :lr], ref_len)
-    m = _matches(x, (n,))[n]
+    m = _matches(x, n)[n - 1]
     return _rouge_n(m, hyp_len, ref_len, n).to(torch.get_default_dtype())
 
 

@@ -136,7 +136,7 @@ class SequenceObjective:
         if lam > 0:
             ce = token_cross_entropy(model(batch), batch.tgt, PAD)
             seq_loss = lam * ce + (1 - lam) * seq_loss
-            stats["seq.ce"] = float(ce)
+            stats["seq.ce"] = float(ce.detach())
         return seq_loss, stats
 
     def _sample(self, model, batch: Seq2SeqBatch) -> Decoded:
@@ -187,7 +187,7 @@ class SequenceObjective:
         q = mrt_weights(logp, self.cfg.mrt_alpha, keep)
         loss = mrt_loss(q, reward)
         stats = self._stats(drawn, reward[:, :k].reshape(-1), None, None, k)  # the samples
-        stats["seq.q_max"] = float(q.max(1).values.mean())
+        stats["seq.q_max"] = float(q.detach().max(1).values.mean())
         stats["seq.candidates"] = float(keep.sum(1).float().mean())
         return loss, stats
 
@@ -245,9 +245,9 @@ class SequenceObjective:
         n_sampled = int((sampled != 0).sum()) if sampled is not None else 0
         stats = {"seq.reward": float(reward.mean()), "seq.baseline": float(baseline.mean()),
                  "seq.advantage_var": float(advantage.var()) if advantage.numel() > 1 else 0.0,
-                 "seq.entropy": float(-sampled.sum() / max(n_sampled, 1))
+                 "seq.entropy": float(-sampled.detach().sum() / max(n_sampled, 1))
                  if sampled is not None else 0.0,
-                 "seq.boundary": float(delta), "seq.ce": float(ce),
+                 "seq.boundary": float(delta), "seq.ce": float(ce.detach()),
                  "seq.distinct": float(distinct_counts(tokens, lengths, k).float().mean())}
         return ce + rl, stats
 
