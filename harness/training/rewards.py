@@ -19,16 +19,19 @@ spaces (REFERENCE "Metrics"), to float rounding:
 - ``rouge_l``: rouge-score ``rougeL`` F1 with P = LCS(h, r) / |h|, R = LCS(h, r) / |r|; 0 if
   either is empty.
 
-How: ids are split into digits of <= 10 bits; per digit, a per-row table (row, digit) -> bitmask
-of the positions holding it (built with one ``index_add``) gives, for every hypothesis position
-i, the bitmask of reference positions j with r_j = h_i and of earlier hypothesis positions
-i' < i with h_i' = h_i (AND over digits, so exact for any vocabulary). Masks are words of 62
-bits, [..., W] for longer sentences. The n-gram masks follow by shift-and:
-X_n[i] = X_{n-1}[i] & (X_1[i + n - 1] >> (n - 1)); with c_r(i) = popcount(ref mask) and
-k(i) = popcount(earlier-hypothesis mask), position i is the k(i)-th copy of its n-gram, so
-m_n = #{i : k(i) < c_r(i)} = sum_g min(c_h(g), c_r(g)). The LCS is the bit-parallel algorithm
-(Allison & Dix 1986; Hyyrö 2004) over the reference bits, one step per hypothesis position:
-U = V & M(h_i), V <- (V + U) | (V - U), LCS = |r| - popcount(V) (V starts all ones).
+How (no per-sentence loop): ids are split into digits of <= 8 bits; per digit, a per-row table
+(row, digit) -> bitmask of the positions holding it (``scatter_add``) gives, for every
+hypothesis position i, the bitmask of the reference positions j with r_j = h_i and that of the
+earlier hypothesis positions i' < i with h_i' = h_i (AND over the digits: exact for any
+vocabulary, with small tables). Masks are words of 62 bits (several for sentences longer than
+62). The n-gram masks follow by shift-and, X_n[i] = X_{n-1}[i] & (X_1[i + n - 1] >> (n - 1));
+with c_r(i) = popcount(reference mask) and k(i) = popcount(earlier-hypothesis mask), position i
+holds the (k(i)+1)-th copy of its n-gram in h, so
+    m_n = #{i : k(i) < c_r(i)} = sum_g min(c_h(g), c_r(g)).
+The LCS is the bit-parallel algorithm (Allison & Dix 1986; Hyyro 2004) over the reference bits,
+one vectorised step per hypothesis position: U = V & M(h_i), V <- (V + U) | (V - U), starting
+from V = all ones; LCS = |r| - popcount(V). Popcounts use NumPy's ``bitwise_count`` on CPU
+tensors (a bit-trick fallback elsewhere).
 
 Regression rewards: ``neg_mse`` = -mean((pred - target)^2), ``neg_mae`` = -mean|pred - target|,
 per row over all dimensions but the first.
@@ -37,11 +40,12 @@ per row over all dimensions but the first.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import Tensor
 
-try:  # NumPy >= 2 has a popcount ufunc: one op instead of the 12 of the bit-trick fallback.
+try:  # NumPy >= 2 has a popcount ufunc: one op instead of the dozen of the bit-trick fallback
     from numpy import bitwise_count as _np_bitwise_count
 except ImportError:  # pragma: no cover - older NumPy
     _np_bitwise_count = None
@@ -54,7 +58,7 @@ REWARDS = ("bleu", "rouge1", "rouge2", "rougeL")
 BLEU_ORDER = 4
 _B = 62  # bits per mask word: sums of two words stay below 2^63
 _FULL = (1 << _B) - 1
-_DIGIT_BITS = 10  # at most 2^10 table entries per row and digit
+_DIGIT_BITS = 8  # ids split into digits of at most 8 bits: small tables (cache-friendly)
 
 
 def _popcount(x: Tensor) -> Tensor:
@@ -64,7 +68,9 @@ def _popcount(x: Tensor) -> Tensor:
     x = x - ((x >> 1) & 0x5555555555555555)
     x = (x & 0x3333333333333333) + ((x >> 2) & 0x3333333333333333)
     x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0F
-    return (x * 0x0101010101010101) >> 56
+    x = x + (x >> 8)
+    x = x + (x >> 16)
+    return (x + (x >> 32)) & 0x7F
 
 
 def _lowmask(k: Tensor, words: int) -> Tensor:
@@ -90,63 +96,74 @@ def _shr(x: Tensor, s: int) -> Tensor:
     return out
 
 
-def _check(hyp: Tensor, hyp_len: Tensor, ref: Tensor, ref_len: Tensor) -> tuple[int, int]:
-    """Validate the shapes; returns the longest hypothesis and reference lengths."""
+def _prepare(hyp: Tensor, hyp_len: Tensor, ref: Tensor,
+             ref_len: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Validate; returns hyp and ref as int64 cut to their longest length, and the largest id
+    (one device sync for the lengths and the ids)."""
     if hyp.dim() != 2 or ref.dim() != 2 or len(ref) != len(hyp):
         raise ValueError(f"hyp and ref must be [N, L] with the same N, got {tuple(hyp.shape)} "
                          f"and {tuple(ref.shape)}")
     if hyp_len.shape != (len(hyp),) or ref_len.shape != (len(hyp),):
         raise ValueError(f"hyp_len and ref_len must be [{len(hyp)}], got "
                          f"{tuple(hyp_len.shape)} and {tuple(ref_len.shape)}")
+    if hyp.is_floating_point() or ref.is_floating_point():
+        raise TypeError("hyp and ref must hold integer token ids")
     if len(hyp) == 0:
-        return 0, 0
-    hmin, hmax, rmin, rmax = torch.stack(
-        (hyp_len.min(), hyp_len.max(), ref_len.min(), ref_len.max())).tolist()
-    if hmin < 0 or rmin < 0 or hmax > hyp.shape[1] or rmax > ref.shape[1]:
+        return hyp.long(), ref.long(), 0
+    stats = [*torch.aminmax(hyp_len), *torch.aminmax(ref_len)]
+    if hyp.numel() and ref.numel():
+        stats += [*torch.aminmax(hyp), *torch.aminmax(ref)]
+    hmin, lh, rmin, lr, lo, hi, lo_r, hi_r = torch.stack(stats).tolist() + [0] * (8 - len(stats))
+    lo, hi = min(lo, lo_r), max(hi, hi_r)
+    if hmin < 0 or rmin < 0 or lh > hyp.shape[1] or lr > ref.shape[1]:
         raise ValueError("lengths must lie in [0, L]")
-    return hmax, rmax
+    hyp, ref = hyp[:, :lh].long(), ref[:, :lr].long()
+    if (lo < 0 or hi >= 1 << 31) and lh and lr:  # maybe only in the padding: look within
+        vh = torch.arange(lh, device=hyp.device) < hyp_len.unsqueeze(1)
+        vr = torch.arange(lr, device=ref.device) < ref_len.unsqueeze(1)
+        lo, hi = torch.stack((torch.minimum(hyp[vh].min(), ref[vr].min()),
+                              torch.maximum(hyp[vh].max(), ref[vr].max()))).tolist()
+        if lo < 0 or hi >= 1 << 62:
+            raise ValueError("token ids must lie in [0, 2^62)")
+    return hyp, ref, int(hi)
 
 
-def _masks(hyp: Tensor, hyp_len: Tensor, ref: Tensor, ref_len: Tensor,
+def _masks(hyp: Tensor, hyp_len: Tensor, ref: Tensor, ref_len: Tensor, hi: int,
            earlier: bool = True) -> Tensor:
     """X [Lh, C, W, N] int64 multiword masks for each hypothesis position i < hyp_len: channel 0
     has the bits of the reference positions j < ref_len with ref[j] == hyp[i], channel 1 (if
     ``earlier``) those of the hypothesis positions i' < i with hyp[i'] == hyp[i]. Positions
-    i >= hyp_len are all zero. (Positions first: slices along them are contiguous.)"""
+    i >= hyp_len are all zero. (Positions first: slices along them are contiguous.) ``hi``
+    bounds the ids within the lengths."""
     n, lh = hyp.shape
     lr = ref.shape[1]
     words = max(1, -(-max(lh, lr) // _B))
     channels = 2 if earlier else 1
     dev = hyp.device
-    hyp, ref = hyp.long(), ref.long()
     vh = torch.arange(lh, device=dev) < hyp_len.unsqueeze(1)
     vr = torch.arange(lr, device=dev) < ref_len.unsqueeze(1)
-    lo, hi = torch.stack((torch.minimum(hyp.min(), ref.min()),
-                          torch.maximum(hyp.max(), ref.max()))).tolist()
-    if lo < 0:  # the padding may be negative: look at the ids within the lengths only
-        lo, hi = torch.stack((torch.minimum(hyp[vh].min(), ref[vr].min()),
-                              torch.maximum(hyp[vh].max(), ref[vr].max()))).tolist()
-        if lo < 0:
-            raise ValueError("token ids must be >= 0")
-    digits = -(-(hi + 1).bit_length() // _DIGIT_BITS)
-    dbits = -(-(hi + 1).bit_length() // digits)
+    # positions past the lengths read the id ``sink`` (no position within them has it) and
+    # add no bits: they match nothing
+    sink = hi + 1
+    digits = -(-sink.bit_length() // _DIGIT_BITS)
+    dbits = -(-sink.bit_length() // digits)
     bits_h, before_h = _position_bits(lh, words, dev)
     bits_r = _position_bits(lr, words, dev)[0]
+    th, tr = torch.where(vh, hyp, sink), torch.where(vr, ref, sink)
+    val_r = torch.where(vr, bits_r, 0)  # [W, N, Lr]
+    val_h = torch.where(vh, bits_h, 0) if earlier else None
     x = None
-    for d in range(digits):
-        # table column = digit d of the id + 1; column 0 takes the positions past the lengths
-        # and is cleared before the look-up
-        if digits > 1:
-            dh = torch.where(vh, (hyp >> (d * dbits)) & ((1 << dbits) - 1), -1) + 1
-            dr = torch.where(vr, (ref >> (d * dbits)) & ((1 << dbits) - 1), -1) + 1
-            size = (1 << dbits) + 1
+    for d in range(digits):  # table column: digit d of the id
+        if digits == 1:
+            dh, dr, size = th, tr, sink + 1
         else:
-            dh, dr, size = torch.where(vh, hyp + 1, 0), torch.where(vr, ref + 1, 0), hi + 2
+            dh, dr, size = th >> (d * dbits), tr >> (d * dbits), 1 << dbits
+            if d < digits - 1:
+                dh, dr = dh & (size - 1), dr & (size - 1)
         table = hyp.new_zeros((channels, words, n, size))
-        table[0].scatter_add_(2, dr.expand(words, n, lr), bits_r.expand(words, n, lr))
-        if earlier:
-            table[1].scatter_add_(2, dh.expand(words, n, lh), bits_h.expand(words, n, lh))
-        table[..., 0] = 0
+        table[0].scatter_add_(2, dr.expand(words, n, lr), val_r)
+        if val_h is not None:
+            table[1].scatter_add_(2, dh.expand(words, n, lh), val_h)
         part = table.gather(3, dh.expand(channels, words, n, lh))
         x = part if x is None else x.bitwise_and_(part)
     if earlier:
@@ -199,40 +216,70 @@ def _lcs(x: Tensor, ref_len: Tensor) -> Tensor:
     return ref_len.long() - ones
 
 
-def _f1(hits: Tensor, n_pred: Tensor, n_target: Tensor) -> Tensor:
-    """rouge-score's fmeasure of P = hits / n_pred, R = hits / n_target (float64)."""
-    p = hits / n_pred
-    r = hits / n_target
-    return torch.where(p + r > 0, 2 * p * r / (p + r), torch.zeros_like(p))
+def _stats(hyp: Tensor, hyp_len: Tensor, ref: Tensor, ref_len: Tensor, max_order: int,
+           lcs: bool) -> tuple[Tensor, Tensor]:
+    """Clipped matches [max_order, N] for n = 1 .. max_order and LCS lengths [N] (zeros when
+    not asked for)."""
+    hyp, ref, hi = _prepare(hyp, hyp_len, ref, ref_len)
+    if not (hyp.shape[1] and ref.shape[1]):
+        return hyp.new_zeros((max_order, len(hyp))), hyp.new_zeros(len(hyp))
+    x = _masks(hyp, hyp_len, ref, ref_len, hi, earlier=max_order > 0)
+    matches = _matches(x, max_order) if max_order else x.new_zeros((0, len(hyp)))
+    return matches, _lcs(x, ref_len) if lcs else x.new_zeros(len(hyp))
 
 
 def _bleu(matches: Tensor, hyp_len: Tensor, ref_len: Tensor) -> Tensor:
-    """sacrebleu's compute_bleu with exp smoothing and effective order, / 100 (float64).
-
-    p_n = 100 m_n / t_n, or 100 2^-k_n / t_n for m_n = 0 (the same roundings as sacrebleu's
-    100 / (2^k_n t_n)); orders with t_n = 0 (n > E) get weight 0; BP = exp(min(0, 1 - |r|/|h|)).
-    """
+    """sacrebleu's compute_bleu with exp smoothing and effective order, / 100 (float64), from
+    matches [4, N], in log space:
+        log BLEU/100 = min(0, 1 - |r|/|h|) + sum_{n<=E} (log m_n - log t_n) / E
+    with log m_n replaced by -k_n log 2 where m_n = 0, and 0 where m_1 = 0."""
     hl = hyp_len.double()
-    correct = matches.t().double()
-    total = hl.unsqueeze(1) - torch.arange(BLEU_ORDER, device=hl.device)
-    used = total > 0
+    correct = matches.double()
     zero = correct == 0
-    num = torch.where(zero, torch.exp2(-zero.cumsum(1)), correct)
-    logp = torch.log(100 * num / total.clamp_(min=1)).mul_(used)
-    score = torch.exp(logp.sum(1) / hl.clamp(1, BLEU_ORDER))
-    bp = torch.exp((1 - ref_len.double() / hl).clamp_(max=0))
-    return (bp * score / 100).masked_fill_(zero[:, 0], 0).clamp_(max=1)
+    lognum = torch.where(zero, zero.cumsum(0) * -math.log(2), correct.log())
+    total = hl - _orders(BLEU_ORDER, hl.device)  # [4, N]
+    logp = (lognum - total.clamp(min=1).log()).mul_(total > 0)
+    log_bp = (1 - ref_len.double() / hl).clamp_(max=0)
+    return (log_bp + logp.sum(0) / hl.clamp(1, BLEU_ORDER)).exp_().masked_fill_(zero[0], 0)
 
 
-def _rouge_n(matches: Tensor, hyp_len: Tensor, ref_len: Tensor, n: int) -> Tensor:
-    hits = matches.double()
-    return _f1(hits, (hyp_len.double() - n + 1).clamp(min=1),
-               (ref_len.double() - n + 1).clamp(min=1))
+@functools.lru_cache(maxsize=8)
+def _orders(k: int, device: torch.device) -> Tensor:
+    """[[0], [1], ..., [k - 1]] float64."""
+    return torch.arange(k, dtype=torch.float64, device=device).unsqueeze(1)
 
 
-def _rouge_l(lcs: Tensor, hyp_len: Tensor, ref_len: Tensor) -> Tensor:
-    f = _f1(lcs.double(), hyp_len.double().clamp(min=1), ref_len.double().clamp(min=1))
-    return torch.where((hyp_len == 0) | (ref_len == 0), 0.0, f)
+def _f1(hits: Tensor, n_pred: Tensor, n_target: Tensor) -> Tensor:
+    """rouge-score's fmeasure 2PR / (P + R), 0 if P + R = 0, of P = hits / n_pred and
+    R = hits / n_target (float64)."""
+    hits = hits.double()
+    p = hits / n_pred.double().clamp(min=1)
+    r = hits / n_target.double().clamp(min=1)
+    return (2 * p * r / (p + r)).masked_fill_(hits == 0, 0)
+
+
+def _finish(reward: Tensor) -> Tensor:
+    return reward.to(torch.get_default_dtype())
+
+
+def sentence_bleu(hyp: Tensor, hyp_len: Tensor, ref: Tensor, ref_len: Tensor) -> Tensor:
+    """Sentence BLEU as a fraction, [N] (sacrebleu, effective order, exp smoothing)."""
+    matches, _ = _stats(hyp, hyp_len, ref, ref_len, BLEU_ORDER, lcs=False)
+    return _finish(_bleu(matches, hyp_len, ref_len))
+
+
+def rouge_n(hyp: Tensor, hyp_len: Tensor, ref: Tensor, ref_len: Tensor, n: int) -> Tensor:
+    """ROUGE-n F1, [N] (rouge-score's ``rouge{n}``)."""
+    if n < 1:
+        raise ValueError(f"rouge_n needs n >= 1, got {n}")
+    matches, _ = _stats(hyp, hyp_len, ref, ref_len, n, lcs=False)
+    return _finish(_f1(matches[n - 1], hyp_len - n + 1, ref_len - n + 1))
+
+
+def rouge_l(hyp: Tensor, hyp_len: Tensor, ref: Tensor, ref_len: Tensor) -> Tensor:
+    """ROUGE-L F1, [N] (rouge-score's sentence-level ``rougeL``)."""
+    _, lcs = _stats(hyp, hyp_len, ref, ref_len, 0, lcs=True)
+    return _finish(_f1(lcs, hyp_len, ref_len))
 
 
 def token_rewards(hyp: Tensor, hyp_len: Tensor, ref: Tensor, ref_len: Tensor,
@@ -241,47 +288,19 @@ def token_rewards(hyp: Tensor, hyp_len: Tensor, ref: Tensor, ref_len: Tensor,
     unknown = [k for k in names if k not in REWARDS]
     if unknown:
         raise ValueError(f"unknown reward {unknown[0]!r}; allowed: {', '.join(REWARDS)}")
-    lh, lr = _check(hyp, hyp_len, ref, ref_len)
-    dtype = torch.get_default_dtype()
-    if lh == 0 or lr == 0:
-        return {k: hyp.new_zeros(len(hyp), dtype=dtype) for k in names}
-    x = _masks(hyp[:, :lh], hyp_len, ref[:, :lr], ref_len,
-               earlier=any(k != "rougeL" for k in names))
-    orders = set(range(1, BLEU_ORDER + 1)) if "bleu" in names else set()
-    orders |= {int(k[5:]) for k in names if k in ("rouge1", "rouge2")}
-    matches = _matches(x, max(orders)) if orders else None
+    orders = [BLEU_ORDER * (k == "bleu") or int(k[5:]) for k in names if k != "rougeL"]
+    matches, lcs = _stats(hyp, hyp_len, ref, ref_len, max(orders, default=0),
+                          lcs="rougeL" in names)
     out = {}
     for k in names:
         if k == "bleu":
             out[k] = _bleu(matches, hyp_len, ref_len)
         elif k == "rougeL":
-            out[k] = _rouge_l(_lcs(x, ref_len), hyp_len, ref_len)
+            out[k] = _f1(lcs, hyp_len, ref_len)
         else:
             n = int(k[5:])
-            out[k] = _rouge_n(matches[n - 1], hyp_len, ref_len, n)
-    return {k: v.to(dtype) for k, v in out.items()}
-
-
-def sentence_bleu(hyp: Tensor, hyp_len: Tensor, ref: Tensor, ref_len: Tensor) -> Tensor:
-    """Sentence BLEU as a fraction, [N] (sacrebleu, effective order, exp smoothing)."""
-    return token_rewards(hyp, hyp_len, ref, ref_len, ("bleu",))["bleu"]
-
-
-def rouge_n(hyp: Tensor, hyp_len: Tensor, ref: Tensor, ref_len: Tensor, n: int) -> Tensor:
-    """ROUGE-n F1, [N] (rouge-score's ``rouge{n}``)."""
-    if n < 1:
-        raise ValueError(f"rouge_n needs n >= 1, got {n}")
-    lh, lr = _check(hyp, hyp_len, ref, ref_len)
-    if lh < n or lr < n:
-        return hyp.new_zeros(len(hyp), dtype=torch.get_default_dtype())
-    x = _masks(hyp[:, :lh], hyp_len, ref[:, :lr], ref_len)
-    m = _matches(x, n)[n - 1]
-    return _rouge_n(m, hyp_len, ref_len, n).to(torch.get_default_dtype())
-
-
-def rouge_l(hyp: Tensor, hyp_len: Tensor, ref: Tensor, ref_len: Tensor) -> Tensor:
-    """ROUGE-L F1, [N] (rouge-score's sentence-level ``rougeL``)."""
-    return token_rewards(hyp, hyp_len, ref, ref_len, ("rougeL",))["rougeL"]
+            out[k] = _f1(matches[n - 1], hyp_len - n + 1, ref_len - n + 1)
+    return {k: _finish(v) for k, v in out.items()}
 
 
 def token_reward(name: str, hyp: Tensor, hyp_len: Tensor, ref: Tensor,
