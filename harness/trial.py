@@ -147,6 +147,8 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
             if monitors.flags:
                 tracker.client.set_tag(tracker.run_id, rs.TAG_DIAGNOSTICS,
                                        "; ".join(monitors.flags)[:5000])
+            if monitors.draws_figures:
+                log_diagnostic_figures(tracker, runtime.tracking_uri, trial["key"])
             tracker.log_weights(model.state_dict())
             if model.attention is not None and isinstance(model, Seq2Seq):
                 log_attention_figure(model, task, device, tracker)
@@ -158,6 +160,20 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
     if report is not None:
         report({"step": state.step, "done": 1.0, **final}, None)
     return final
+
+
+def log_diagnostic_figures(tracker: TrialTracker, tracking_uri: str, key: str) -> None:
+    """The trial's own gate, gradient-norm and curvature figures, as MLflow artifacts under
+    ``diagnostics/``."""
+    import pandas as pd
+
+    from harness.diagnostic_plots import diagnostic_figures
+
+    runs = pd.DataFrame({"run_id": [tracker.run_id]})
+    with tempfile.TemporaryDirectory() as folder:
+        for path in diagnostic_figures(tracking_uri, runs, {tracker.run_id: key},
+                                       Path(folder)).values():
+            tracker.client.log_artifact(tracker.run_id, str(path), "diagnostics")
 
 
 def reference_metrics(task) -> dict[str, float]:

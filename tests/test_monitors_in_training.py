@@ -167,3 +167,15 @@ def test_state_dict_round_trip_keeps_the_detector_and_the_start() -> None:
     assert torch.equal(again.initial["weight"], mon.initial["weight"])
     again.start(torch.nn.Linear(2, 1))  # a resumed trial keeps its original start
     assert torch.equal(again.initial["weight"], mon.initial["weight"])
+
+
+def test_diagnostic_figures_are_trial_artifacts(tmp_path, one_thread) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = prepare_experiment(uri, "monitors", tmp_path / "artifacts")
+    execute_trial(trial({"gates": True, "curvature": True, "curvature_iters": 2, "every": 4}),
+                  Runtime(uri, experiment, None))
+    client = MlflowClient(uri)
+    run = client.search_runs([experiment])[0]
+    names = sorted(a.path for a in client.list_artifacts(run.info.run_id, "diagnostics"))
+    assert names == ["diagnostics/curvature.png", "diagnostics/gate_means.png",
+                     "diagnostics/grad_norm.png"]

@@ -60,6 +60,11 @@ class Monitors:
         self.last: dict[str, float] = {}
         self.flags: list[str] = []  # unhealthy gates at the end
 
+    @property
+    def draws_figures(self) -> bool:
+        """Whether the trial has per-step diagnostics worth a figure."""
+        return self.periodic_on
+
     def start(self, model: torch.nn.Module) -> None:
         """Remember the weights training starts from (not again on resume)."""
         if self.cfg.curvature and self.initial is None:
