@@ -169,7 +169,9 @@ def log_diagnostic_figures(tracker: TrialTracker, tracking_uri: str, key: str) -
 
     from harness.diagnostic_plots import diagnostic_figures
 
-    runs = pd.DataFrame({"run_id": [tracker.run_id]})
+    metrics = tracker.client.get_run(tracker.run_id).data.metrics
+    runs = pd.DataFrame([{"run_id": tracker.run_id,
+                          **{f"metrics.{k}": v for k, v in metrics.items()}}])
     with tempfile.TemporaryDirectory() as folder:
         for path in diagnostic_figures(tracking_uri, runs, {tracker.run_id: key},
                                        Path(folder)).values():
