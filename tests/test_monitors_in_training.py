@@ -179,3 +179,12 @@ def test_diagnostic_figures_are_trial_artifacts(tmp_path, one_thread) -> None:
     names = sorted(a.path for a in client.list_artifacts(run.info.run_id, "diagnostics"))
     assert names == ["diagnostics/curvature.png", "diagnostics/gate_means.png",
                      "diagnostics/grad_norm.png"]
+
+
+def test_monitor_errors_survive_pickling() -> None:
+    import pickle
+
+    error = pickle.loads(pickle.dumps(NonFiniteError("loss is nan at step 3", "loss", 3)))
+    assert (str(error), error.what, error.step) == ("loss is nan at step 3", "loss", 3)
+    stopped = pickle.loads(pickle.dumps(TrainingStopped("spike at step 9")))
+    assert (str(stopped), stopped.reason) == ("spike at step 9", "spike at step 9")

@@ -46,6 +46,9 @@ class NonFiniteError(RuntimeError):
         super().__init__(message)
         self.what, self.step = what, step
 
+    def __reduce__(self):  # picklable: Ray sends a trial's exception to the driver
+        return type(self), (self.args[0], self.what, self.step)
+
 
 def _grads(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     return [p.grad for p in params if p.grad is not None]
