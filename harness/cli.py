@@ -1,4 +1,4 @@
-"""``lstm-harness``: run, validate and tabulate ablation suites.
+"""``lstm-harness``: run, validate, tabulate and report ablation suites.
 
 Exit codes: 0 everything finished; 1 some trials failed (the rest of the suite completed);
 2 bad input (suite, task, tracking store), nothing launched.
@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("suite", type=Path)
     with_store(table)
 
+    report = sub.add_parser("report", help="write results/<suite>/report.html (one "
+                            "self-contained page: table, figures, diagnostics) from MLflow")
+    report.add_argument("suite", type=Path)
+    with_store(report)
+
     sub.add_parser("tasks", help="list installed tasks and their parameters")
 
     ui = sub.add_parser("ui", help="open the MLflow UI on 127.0.0.1")
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.invocation = shlex.join(["lstm-harness", *argv])
     handler = {"run": cmd_run, "validate": cmd_validate, "table": cmd_table,
-               "tasks": cmd_tasks, "ui": cmd_ui}[args.command]
+               "report": cmd_report, "tasks": cmd_tasks, "ui": cmd_ui}[args.command]
     return handler(args)
 
 
@@ -142,6 +147,22 @@ def cmd_table(args) -> int:
                             summary="tables rebuilt from MLflow")
     for path in written:
         console.print(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    from harness.report import ReportError, write_report
+    from harness.tracking import resolve_tracking_uri
+
+    suite = load(args.suite)
+    if suite is None:
+        return EXIT_BAD_INPUT
+    uri = resolve_tracking_uri(args.tracking_uri, args.runs_dir)
+    try:
+        path = write_report(suite, uri, args.results_dir / suite.name, command=args.invocation)
+    except ReportError as exc:
+        return error(str(exc))
+    console.print(f"wrote {path}")
     return EXIT_OK
 
 

@@ -106,9 +106,40 @@ class TrainConfig(Strict):
         "{objective: ce} to fine-tune a cross-entropy model; it runs first")
 
 
+class MonitorConfig(Strict):
+    """Training diagnostics (``harness/diagnostics/``), logged to the trial's MLflow run.
+
+    ``every`` steps on a fixed validation batch: gate statistics and health (``gates``),
+    cell-state utilisation (``cells``), the top Hessian eigenvalue, gradient predictiveness
+    and the distance from the initial weights (``curvature``). Every step: the gradient norm
+    and its anomalies (``grad_anomaly``: G_t > mu + ``grad_k`` sigma over the last
+    ``grad_window`` steps; ``grad_action`` log | skip (the update) | stop (the trial)). At the
+    end: information flow I(h_t; y_{t+k}) for k = 1..``info_k`` (``info_flow``). A NaN or Inf
+    loss or gradient always fails the trial with the step. ``inject_nan_at``: fault injection
+    for testing the harness (the loss of that step is made NaN).
+    """
+
+    gates: bool = False
+    cells: bool = False
+    grad_anomaly: bool = True
+    grad_action: Literal["log", "skip", "stop"] = "log"
+    grad_window: int = Field(100, ge=2)
+    grad_k: float = Field(3.0, gt=0)
+    curvature: bool = False
+    curvature_iters: int = Field(10, ge=1)
+    info_flow: bool = False
+    info_k: int = Field(5, ge=1)
+    every: int = Field(50, ge=1)
+    forget_range: tuple[float, float] = (0.3, 0.7)
+    input_range: tuple[float, float] = (0.2, 0.6)
+    output_range: tuple[float, float] = (0.2, 0.8)
+    inject_nan_at: int | None = Field(None, ge=0)
+
+
 class TrialConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
 
 def set_dotted(tree: dict[str, Any], path: str, value: Any) -> None:

@@ -48,7 +48,7 @@ def learning_curves(tracking_uri: str, runs: pd.DataFrame, row_of: dict[str, str
             ids = [r for r in task_runs["run_id"] if row_of[r] == row and r in histories]
             if not ids:
                 continue
-            frame = pd.concat([histories[r] for r in ids], axis=1)
+            frame = pd.concat([histories[r] for r in ids], axis=1, sort=True)
             mean = frame.mean(axis=1)
             std = frame.std(axis=1, ddof=1).fillna(0.0)
             steps = np.asarray(mean.index, dtype=float)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.diagnostic_plots import diagnostic_figures
 from harness.plots import learning_curves, schedule_curves
 from harness.provenance import write_run_md
 from harness.suite import Suite
@@ -21,7 +22,8 @@ def layout_for(suite: Suite) -> TableLayout:
 
 def write_results(suite: Suite, tracking_uri: str, out_dir: Path, command: str,
                   summary: str, commit: str | None = None) -> list[Path]:
-    """Write the table (md, tex, csv), learning-curve figures and RUN.md; return the paths.
+    """Write the table (md, tex, csv), learning-curve, schedule and diagnostic figures and
+    RUN.md; return the paths.
     ``commit``: the git commit the trials ran (default: HEAD now)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     layout = layout_for(suite)
@@ -43,5 +45,7 @@ def write_results(suite: Suite, tracking_uri: str, out_dir: Path, command: str,
                                  out_dir / "figures" / "schedules.png")
         if figure is not None:
             written.append(figure)
+        written += diagnostic_figures(tracking_uri, finished, row_of,
+                                      out_dir / "figures").values()
     written.append(write_run_md(out_dir, suite.path, command, summary, tracking_uri, commit))
     return written

@@ -14,6 +14,7 @@ TAG_TASK = "harness.task"  # the task label (unique within a suite)
 TAG_SEED = "harness.seed"
 TAG_VARIANT_PREFIX = "harness.variant."  # + axis name -> variant name
 TAG_FAILURE = "harness.failure"  # reason a trial failed, when it did
+TAG_DIAGNOSTICS = "harness.diagnostics"  # the monitor's unhealthy-gate flags at the end, "; "
 TAG_PARENT = "mlflow.parentRunId"
 
 ROLE_LAUNCH = "launch"
@@ -34,3 +35,51 @@ COST_METRICS = {
     COST_TOKENS_PER_S: "train tok/s",
     COST_PEAK_MEM: "peak MB",
 }
+
+# --- training diagnostics (harness/diagnostics/*; read by tables, diagnostic_plots, report) ---
+# per monitoring step: f"gates.{stack}.l{k}.{gate}.{stat}", stack "enc" | "dec" (or "enc0", ...),
+# gate one of GATES, stat one of GATE_STATS ("healthy" is 1.0 / 0.0); bidirectional layers also
+# per direction: f"gates.{stack}.l{k}.{fwd|bwd}.{gate}.{stat}" (the plain key pools both)
+GATE_PREFIX = "gates."
+GATES = ("input", "forget", "output", "cell", "transform")  # transform: highway layers
+GATE_STATS = ("mean", "var", "saturated", "healthy")
+GATE_KEY_PATTERN = (r"^gates\.(?P<stack>[^.]+)\.l(?P<layer>\d+)(?:\.(?P<direction>fwd|bwd))?"
+                    r"\.(?P<gate>[a-z_]+)\.(?P<stat>mean|var|saturated|healthy)$")
+CELL_PREFIX = "cells."  # f"cells.{stack}.l{k}.utilisation" / ".norm"
+GRAD_NORM = "grad.norm"  # G_t, every step
+GRAD_NORM_MEAN = "grad.norm_mean"  # moving average of G_t
+GRAD_ANOMALY = "grad.anomaly"  # 1.0 at a step flagged as an anomaly
+LANDSCAPE_TOP_EIG = "landscape.top_eigenvalue"
+LANDSCAPE_PREDICTIVENESS = "landscape.predictiveness"
+LANDSCAPE_DISTANCE = "landscape.distance"
+INFO_MI_PREFIX = "info.mi.k"  # + k (1..K): mutual information I(h_t; y_{t+k}) in bits
+
+# once, at the end of a trial
+DIAG_FORGET_HEALTHY = "diag.forget_healthy"  # 1.0 if every forget-gate mean ends healthy
+DIAG_GRAD_ANOMALIES = "diag.grad_anomalies"  # number of anomalous steps
+DIAG_TOP_EIG = "diag.top_eigenvalue"  # last estimate of the top Hessian eigenvalue
+DIAG_NONFINITE = "diag.nonfinite"  # present only when a non-finite value was seen
+DIAG_METRICS = {
+    DIAG_FORGET_HEALTHY: "forget healthy",
+    DIAG_GRAD_ANOMALIES: "grad anomalies",
+    DIAG_TOP_EIG: "top eig.",
+}
+
+# healthy ranges of the gate means (SPEC: Gate Activation Monitoring); a run overrides one with
+# the param f"monitor.{gate}_range" (its suite's monitor.forget_range, ...) or
+# RANGE_PARAM_PREFIX + gate (e.g. "monitor.ranges.forget" = "[0.25, 0.75]")
+DEFAULT_RANGES: dict[str, tuple[float, float]] = {
+    "forget": (0.3, 0.7),
+    "input": (0.2, 0.6),
+    "output": (0.2, 0.8),
+}
+RANGE_PARAM_PREFIX = "monitor.ranges."
+RANGE_PARAM_PATTERN = r"^monitor\.(?:ranges\.(?P<a>[a-z_]+)|(?P<b>[a-z_]+)_range)$"
+
+
+def gate_key(stack: str, layer: int, gate: str, stat: str = "mean",
+             direction: str | None = None) -> str:
+    """The step metric of one gate statistic, e.g. ``gates.enc.l0.forget.mean`` (with
+    ``direction`` "fwd" / "bwd": ``gates.enc.l0.fwd.forget.mean``)."""
+    where = f"l{layer}" + (f".{direction}" if direction else "")
+    return f"{GATE_PREFIX}{stack}.{where}.{gate}.{stat}"

@@ -4,7 +4,14 @@ Reading: :func:`load_trial_runs` turns the suite's trial runs into a frame with 
 trial (the latest FINISHED run of each ``harness.trial_key``) plus a frame of failed trials.
 Building: :func:`build_table` aggregates the final ``test.<metric>`` values over seeds into a
 grid of rows (product of the row axes' variants) x columns (task x metric [x column-axis
-variant]). Writing: :func:`write_table` renders ``table.md``, ``table.tex`` and ``table.csv``.
+variant]). Writing: :func:`write_table` renders ``table.md``, ``table.tex`` and ``table.csv``;
+:meth:`Table.to_html` gives an HTML fragment (used by the HTML report).
+
+Diagnostic columns (after the cost columns, only when some run logged them): ``forget healthy``
+= k/n, the row's finished trials whose final ``diag.forget_healthy`` is 1 (every forget-gate
+mean ended inside its healthy range) over those that logged it; ``grad anomalies`` = mean of
+``diag.grad_anomalies`` (steps flagged as gradient-norm anomalies); ``top eig.`` = mean of
+``diag.top_eigenvalue`` (last estimate of the top Hessian eigenvalue).
 
 Statistics per cell, over the n seeds ``x_1..x_n`` of the matching trials:
 
@@ -21,6 +28,7 @@ Statistics per cell, over the n seeds ``x_1..x_n`` of the matching trials:
 
 from __future__ import annotations
 
+import html
 import itertools
 import math
 import pathlib
@@ -285,6 +293,21 @@ class Table:
     caption: str = ""
     row_variants: dict[str, tuple[str, ...]] = field(default_factory=dict)
     references: dict[str, dict[Column, float]] = field(default_factory=dict)
+    diag_keys: list[str] = field(default_factory=list)
+    diagnostics: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+    def diag_values(self, row: str, key: str) -> list[float]:
+        """The final ``key`` (a ``diag.*`` metric) of each of the row's finished trials that
+        logged it."""
+        return self.diagnostics.get(row, {}).get(key, [])
+
+    def diag_mean(self, row: str, key: str) -> float:
+        """Mean of :meth:`diag_values` (for ``diag.forget_healthy``: the healthy fraction k/n);
+        NaN when no trial logged it."""
+        values = self.diag_values(row, key)
+        if key == rs.DIAG_FORGET_HEALTHY:
+            values = [1.0 if v >= 0.5 else 0.0 for v in values]
+        return float(np.mean(values)) if values else math.nan
 
     def cell(self, row: str, task: str, metric: str, column_variant: str | None = None) -> Cell:
         """The cell of ``row`` under (task, metric[, column variant])."""
@@ -321,6 +344,10 @@ class Table:
                     line[VARIANT_COL + axis] = variant
                 for key in self.cost_keys:
                     line[key] = self.costs[row][key]
+                for key in self.diag_keys:
+                    line[key] = self.diag_mean(row, key)
+                    if key == rs.DIAG_FORGET_HEALTHY:
+                        line[key + ".n"] = len(self.diag_values(row, key))
                 lines.append(line)
         for row, values in self.references.items():
             for column, value in values.items():
@@ -331,6 +358,8 @@ class Table:
         names = ["row", "task", "metric", "column_variant", "mean", "std", "n", "significant"]
         names += ["p_value", "best", "baseline", "failed", "reference"]
         names += [VARIANT_COL + axis for axis in self.layout.row_axes] + self.cost_keys
+        for key in self.diag_keys:
+            names += [key, key + ".n"] if key == rs.DIAG_FORGET_HEALTHY else [key]
         return pd.DataFrame(lines, columns=names)
 
     def to_markdown(self) -> str:
@@ -340,6 +369,11 @@ class Table:
     def to_latex(self) -> str:
         """A booktabs ``table`` environment with the notes under the tabular."""
         return _render_latex(self)
+
+    def to_html(self) -> str:
+        """An HTML fragment: ``<table class="ablation">`` with caption, then the notes as a
+        ``<ul class="notes">``; every text from the runs or the suite is escaped."""
+        return _render_html(self)
 
 
 # --------------------------------------------------------------------------------------------
@@ -444,6 +478,20 @@ def build_table(
         for combo in combos
     }
 
+    diag_keys = [
+        key
+        for key in rs.DIAG_METRICS
+        if METRIC_COL + key in runs.columns and runs.loc[in_scope, METRIC_COL + key].notna().any()
+    ]
+    diagnostics = {
+        labels[combo]: {
+            key: [float(v) for v in runs.loc[row_masks[combo] & in_scope, METRIC_COL + key]
+                  .dropna()]
+            for key in diag_keys
+        }
+        for combo in combos
+    }
+
     failures = _collect_failures(failed, layout, labels, cells, columns)
     references = _references(runs, columns)
     if caption is None:
@@ -464,6 +512,8 @@ def build_table(
         caption=caption,
         row_variants={labels[combo]: combo for combo in combos},
         references=references,
+        diag_keys=diag_keys,
+        diagnostics=diagnostics,
     )
 
 
@@ -593,6 +643,19 @@ def _cost_text(key: str, value: float) -> str:
     return _COST_FORMAT.get(key, lambda x: f"{x:.3g}")(value)
 
 
+def _diag_text(table: Table, row: str, key: str) -> str:
+    """``k/n`` for forget healthy, the mean for the other diagnostic columns."""
+    values = table.diag_values(row, key)
+    if not values:
+        return EMPTY
+    if key == rs.DIAG_FORGET_HEALTHY:
+        return f"{sum(v >= 0.5 for v in values)}/{len(values)}"
+    mean = float(np.mean(values))
+    if key == rs.DIAG_GRAD_ANOMALIES:
+        return f"{mean:.1f}"
+    return f"{mean:.3g}"
+
+
 @dataclass(frozen=True)
 class _Style:
     pm: str
@@ -718,6 +781,26 @@ def _notes(table: Table, style: _Style) -> list[str]:
             "peak MB: peak resident memory of the trial's process (CPU, Python and libraries "
             "included) or peak CUDA memory allocated (GPU)."
         )
+    if table.diag_keys:
+        parts = []
+        if rs.DIAG_FORGET_HEALTHY in table.diag_keys:
+            lo, hi = rs.DEFAULT_RANGES["forget"]
+            parts.append(
+                "forget healthy: k/n = trials whose every forget-gate mean ended inside its "
+                f"healthy range (default [{lo}, {hi}]) over the row's finished trials that "
+                "monitored the gates"
+            )
+        if rs.DIAG_GRAD_ANOMALIES in table.diag_keys:
+            parts.append(
+                "grad anomalies: mean number of training steps whose gradient norm exceeded its "
+                "running mean by more than 3 running standard deviations"
+            )
+        if rs.DIAG_TOP_EIG in table.diag_keys:
+            parts.append(
+                "top eig.: mean of the last estimate of the largest Hessian eigenvalue of the "
+                "training loss (local curvature)"
+            )
+        notes.append("Diagnostic columns: " + "; ".join(style.esc(p) for p in parts) + ".")
     if table.references:
         notes.append(
             "Reference rows (italic): the task's trivial baselines, computed without training on "
@@ -744,7 +827,9 @@ def _render_markdown(table: Table) -> str:
         label = f"{MD.esc(task)} · {_metric_label(table, metric, MD)}"
         header.append(label + (f" · {MD.esc(variant)}" if variant is not None else ""))
     header += [_cost_label(key) for key in table.cost_keys]
-    align = ["---"] + [":---:"] * len(table.columns) + ["---:"] * len(table.cost_keys)
+    header += [rs.DIAG_METRICS[key] for key in table.diag_keys]
+    align = ["---"] + [":---:"] * len(table.columns)
+    align += ["---:"] * (len(table.cost_keys) + len(table.diag_keys))
     lines = [f"**Table.** {MD.esc(table.caption)}", "", _md_row(header), _md_row(align)]
     for row in table.rows:
         label = MD.esc(row)
@@ -753,11 +838,12 @@ def _render_markdown(table: Table) -> str:
         out = [label]
         out += [_cell_text(table.cells[(row, c)], decimals[c], n, MD) for c in table.columns]
         out += [_cost_text(key, table.costs[row][key]) for key in table.cost_keys]
+        out += [_diag_text(table, row, key) for key in table.diag_keys]
         lines.append(_md_row(out))
     for row, values in table.references.items():
         out = [f"*{MD.esc(row)}*"]
         out += [_reference_text(values.get(c), decimals[c], MD) for c in table.columns]
-        out += [MD.empty] * len(table.cost_keys)
+        out += [MD.empty] * (len(table.cost_keys) + len(table.diag_keys))
         lines.append(_md_row(out))
     notes = _notes(table, MD)
     lines.append("")
@@ -777,8 +863,8 @@ def _spans(keys: list[object]) -> list[tuple[object, int]]:
 
 def _render_latex(table: Table) -> str:
     decimals, n = _column_decimals(table), table.common_n
-    ncols, ncost = len(table.columns), len(table.cost_keys)
-    spec = "l" + "c" * ncols + "r" * ncost
+    ncols, ncost, ndiag = len(table.columns), len(table.cost_keys), len(table.diag_keys)
+    spec = "l" + "c" * ncols + "r" * (ncost + ndiag)
     lines = [
         "% requires \\usepackage{booktabs}",
         "\\begin{table}[t]",
@@ -812,6 +898,15 @@ def _render_latex(table: Table) -> str:
             out += [TEX.esc(_cost_label(key)) for key in table.cost_keys]
         else:
             out += [""] * ncost
+        dstart = start + ncost
+        if depth == 0 and ndiag:
+            out.append(f"\\multicolumn{{{ndiag}}}{{c}}{{diagnostics}}" if ndiag > 1
+                       else "diagnostics")
+            rules.append(f"\\cmidrule(lr){{{dstart}-{dstart + ndiag - 1}}}")
+        elif last:
+            out += [TEX.esc(rs.DIAG_METRICS[key]) for key in table.diag_keys]
+        else:
+            out += [""] * ndiag
         lines.append(" & ".join(out) + " \\\\")
         if rules:
             lines.append(" ".join(rules))
@@ -823,17 +918,86 @@ def _render_latex(table: Table) -> str:
         out = [label]
         out += [_cell_text(table.cells[(row, c)], decimals[c], n, TEX) for c in table.columns]
         out += [TEX.esc(_cost_text(key, table.costs[row][key])) for key in table.cost_keys]
+        out += [TEX.esc(_diag_text(table, row, key)) for key in table.diag_keys]
         lines.append(" & ".join(out) + " \\\\")
     if table.references:
         lines.append("\\midrule")
     for row, values in table.references.items():
         out = [f"\\textit{{{TEX.esc(row)}}}"]
         out += [_reference_text(values.get(c), decimals[c], TEX) for c in table.columns]
-        out += [TEX.empty] * ncost
+        out += [TEX.empty] * (ncost + ndiag)
         lines.append(" & ".join(out) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", "", "\\smallskip", "{\\footnotesize"]
     lines += [note + " \\\\" for note in _notes(table, TEX)]
     lines += ["}", "\\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _html_escape(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+HTML = _Style(
+    pm="±",
+    dagger=DAGGER,
+    empty=EMPTY,
+    up="↑",
+    down="↓",
+    geq="≥",
+    lt="&lt;",
+    esc=_html_escape,
+    bold=lambda s: f"<strong>{s}</strong>",
+    code=lambda s: f"<code>{_html_escape(s)}</code>",
+)
+
+
+def _html_row(cells: list[str], tag: str = "td", cls: str = "") -> str:
+    attr = f' class="{cls}"' if cls else ""
+    return f"<tr{attr}>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>"
+
+
+def _render_html(table: Table) -> str:
+    decimals, n = _column_decimals(table), table.common_n
+    header = [HTML.esc(table.layout.row_header)]
+    for task, metric, variant in table.columns:
+        label = f"{HTML.esc(task)} · {_metric_label(table, metric, HTML)}"
+        header.append(label + (f" · {HTML.esc(variant)}" if variant is not None else ""))
+    header += [HTML.esc(_cost_label(key)) for key in table.cost_keys]
+    header += [HTML.esc(rs.DIAG_METRICS[key]) for key in table.diag_keys]
+    lines = [
+        '<table class="ablation">',
+        f"<caption>{HTML.esc(table.caption)}</caption>",
+        "<thead>",
+        _html_row(header, "th"),
+        "</thead>",
+        "<tbody>",
+    ]
+    for row in table.rows:
+        label = HTML.esc(row)
+        is_baseline = row == table.baseline and len(table.rows) > 1
+        if is_baseline:
+            label += " (baseline)"
+        out = [label]
+        out += [_cell_text(table.cells[(row, c)], decimals[c], n, HTML) for c in table.columns]
+        out += [HTML.esc(_cost_text(key, table.costs[row][key])) for key in table.cost_keys]
+        out += [HTML.esc(_diag_text(table, row, key)) for key in table.diag_keys]
+        lines.append(_html_row(out, cls="baseline" if is_baseline else ""))
+    for row, values in table.references.items():
+        out = [f"<em>{HTML.esc(row)}</em>"]
+        out += [_reference_text(values.get(c), decimals[c], HTML) for c in table.columns]
+        out += [HTML.empty] * (len(table.cost_keys) + len(table.diag_keys))
+        lines.append(_html_row(out, cls="reference"))
+    lines += ["</tbody>", "</table>", '<ul class="notes">']
+    items: list[tuple[str, list[str]]] = []
+    for note in _notes(table, HTML):
+        if note.startswith("<code>") and items:  # a failed trial: nested under its heading
+            items[-1][1].append(note)
+        else:
+            items.append((note, []))
+    for note, children in items:
+        inner = "".join(f"<li>{child}</li>" for child in children)
+        lines.append(f"<li>{note}" + (f"<ul>{inner}</ul>" if children else "") + "</li>")
+    lines.append("</ul>")
     return "\n".join(lines) + "\n"
 
 
@@ -848,7 +1012,9 @@ def write_table(table: Table, out_dir: pathlib.Path) -> list[pathlib.Path]:
     without a column axis), ``mean, std, n, significant, p_value, best, baseline, failed``,
     one ``variant.<axis>`` column per row axis, and the row's cost means in one column per
     cost metric key (``cost.params``, ``cost.wall_time_s``, ...; repeated on each of the row's
-    lines; absent when no run logged that cost).
+    lines; absent when no run logged that cost). Diagnostic columns follow when runs logged
+    them: ``diag.forget_healthy`` (healthy fraction k/n) with ``diag.forget_healthy.n`` (n),
+    ``diag.grad_anomalies`` and ``diag.top_eigenvalue`` (means over the row's trials).
     """
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ import torch
 
 from harness import run_schema as rs
 from harness.config import TrialConfig
+from harness.diagnostics.monitor import Monitors
 from harness.models.factory import build_model
 from harness.models.seq2seq import Seq2Seq, count_parameters
 from harness.registry import load_task_class
@@ -95,6 +96,7 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
         scorer = load_trial_model(runtime, cfg.train.curriculum.from_trial, trial["suite"],
                                   task, device)
     techniques = Techniques(cfg.train, model, optimizer, task, scorer, aux_tasks)
+    monitors = Monitors(cfg.monitor, task, device)
     tracker = None
     if runtime.tracking_uri is not None:
         tracker = TrialTracker(runtime.tracking_uri, runtime.experiment_id, runtime.parent_run_id)
@@ -103,6 +105,7 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
         optimizer.load_state_dict(resume["optimizer"])
         state = TrainState(**resume["state"])
         techniques.load_state_dict(resume["techniques"])
+        monitors.load_state_dict(resume["monitors"])
         torch.set_rng_state(resume["rng"])
         started -= resume["elapsed"]
     if tracker is not None:
@@ -120,17 +123,19 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
             report({"step": state.step, **valid}, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "state": state.as_dict(), "rng": torch.get_rng_state(),
-                "techniques": techniques.state_dict(),
+                "techniques": techniques.state_dict(), "monitors": monitors.state_dict(),
                 "elapsed": time.perf_counter() - started,
                 "mlflow_run_id": tracker.run_id if tracker else None})
 
     try:
         if resume is None and trial.get("init_from"):  # inside: a failure is recorded
             start_from_trial(model, runtime, trial["init_from"], trial["suite"])
+        monitors.start(model)  # the initial weights, for the distance travelled
         train(model, optimizer, task, cfg.train, trial["seed"], state, device, techniques,
-              on_log, on_eval)
+              monitors, on_log, on_eval)
         test = evaluate(model, task, "test", cfg.train.eval_batch_size, device)
         final = {f"{rs.TEST_PREFIX}{k}": v for k, v in test.items()}
+        final.update(monitors.final(model))
         final.update({
             rs.COST_PARAMS: float(count_parameters(model)),
             rs.COST_WALL: time.perf_counter() - started,
@@ -139,6 +144,11 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
         })
         if tracker is not None:
             tracker.log_metrics({**final, **reference_metrics(task)}, state.step)
+            if monitors.flags:
+                tracker.client.set_tag(tracker.run_id, rs.TAG_DIAGNOSTICS,
+                                       "; ".join(monitors.flags)[:5000])
+            if monitors.draws_figures:
+                log_diagnostic_figures(tracker, runtime.tracking_uri, trial["key"])
             tracker.log_weights(model.state_dict())
             if model.attention is not None and isinstance(model, Seq2Seq):
                 log_attention_figure(model, task, device, tracker)
@@ -150,6 +160,22 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
     if report is not None:
         report({"step": state.step, "done": 1.0, **final}, None)
     return final
+
+
+def log_diagnostic_figures(tracker: TrialTracker, tracking_uri: str, key: str) -> None:
+    """The trial's own gate, gradient-norm and curvature figures, as MLflow artifacts under
+    ``diagnostics/``."""
+    import pandas as pd
+
+    from harness.diagnostic_plots import diagnostic_figures
+
+    metrics = tracker.client.get_run(tracker.run_id).data.metrics
+    runs = pd.DataFrame([{"run_id": tracker.run_id,
+                          **{f"metrics.{k}": v for k, v in metrics.items()}}])
+    with tempfile.TemporaryDirectory() as folder:
+        for path in diagnostic_figures(tracking_uri, runs, {tracker.run_id: key},
+                                       Path(folder)).values():
+            tracker.client.log_artifact(tracker.run_id, str(path), "diagnostics")
 
 
 def reference_metrics(task) -> dict[str, float]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.config import ModelConfig, TrainConfig
+from harness.config import ModelConfig, MonitorConfig, TrainConfig
+from harness.diagnostics.monitor import Monitors
 from harness.models.seq2seq import Seq2Seq, count_parameters, decoder_inputs
 from harness.training.evaluate import evaluate
 from harness.training.loop import TrainState, train
@@ -85,6 +86,7 @@ def test_short_training_run_learns():
     optimizer = make_optimizer(model.parameters(), cfg)
     train(model, optimizer, task, cfg, seed=0, state=TrainState(), device=torch.device("cpu"),
           techniques=Techniques(cfg, model, optimizer, task),
+          monitors=Monitors(MonitorConfig(grad_anomaly=False), task, torch.device("cpu")),
           on_log=lambda s, m: losses.append(m["train.loss"]),
           on_eval=lambda s, m: evals.append(m))
     assert len(losses) == 15 and len(evals) == 1

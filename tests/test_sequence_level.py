@@ -387,11 +387,13 @@ def train_logs(monkeypatch):
     records: list[tuple[int, dict[str, float]]] = []
     real_train = trial_module.train
 
-    def spy(model, optimizer, task, cfg, seed, state, device, techniques, on_log, on_eval):
+    def spy(model, optimizer, task, cfg, seed, state, device, techniques, monitors,
+            on_log, on_eval):
         def log(state, metrics):
             records.append((state.step, dict(metrics)))
             on_log(state, metrics)
-        real_train(model, optimizer, task, cfg, seed, state, device, techniques, log, on_eval)
+        real_train(model, optimizer, task, cfg, seed, state, device, techniques, monitors,
+                   log, on_eval)
 
     monkeypatch.setattr(trial_module, "train", spy)
     return records

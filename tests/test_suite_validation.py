@@ -177,7 +177,7 @@ def test_axis_override_unknown_path(tmp_path, capsys):
 
 def test_axis_override_unknown_section(tmp_path, capsys):
     msg = bad(tmp_path, capsys, suite(axes={"opt": {"a": {"optim.lr": 0.1}}}))
-    assert msg == "axes.opt.a: optim: unknown key 'optim'; allowed: model, train"
+    assert msg == "axes.opt.a: optim: unknown key 'optim'; allowed: model, train, monitor"
 
 
 def test_negative_lr(tmp_path, capsys):

@@ -5,7 +5,9 @@ the curriculum picks the batch (a pure function of seed, step and the curriculum
 resumed trial continues exactly); the model computes the configured loss, with scheduled
 sampling when eps_i < 1 (or, once a sequence-level loss is active, the reward-based loss of
 ``training/sequence_level.py``); gradients are clipped and the optimizer and learning-rate scheduler
-step; the curriculum sees the batch's accuracy. Every ``log_every`` steps the training numbers go
+step; the curriculum sees the batch's accuracy. The monitors (``harness/diagnostics``) check
+the loss and gradients every step (a NaN or Inf fails the trial with its step) and log their
+measurements every ``monitor.every`` steps. Every ``log_every`` steps the training numbers go
 to ``on_log``; every ``eval_every`` steps (and at the last) the validation metrics go to
 ``on_eval``, which also checkpoints.
 """
@@ -19,6 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from harness.config import TrainConfig
+from harness.diagnostics.monitor import Monitors
 from harness.training.evaluate import evaluate
 from harness.training.techniques import Techniques
 from tasks.base import TaskBase
@@ -36,13 +39,9 @@ class TrainState:
         return asdict(self)
 
 
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite: the trial cannot go on."""
-
-
 def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task: TaskBase,
           cfg: TrainConfig, seed: int, state: TrainState, device: torch.device,
-          techniques: Techniques,
+          techniques: Techniques, monitors: Monitors,
           on_log: Callable[[TrainState, dict[str, float]], None],
           on_eval: Callable[[TrainState, dict[str, float]], None]) -> None:
     model.train()
@@ -71,21 +70,25 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task: TaskBa
             loss = loss + weight * part_loss
             tokens += batch.tokens
         model.select(0)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"loss is {loss.item()} at step {state.step}")
+        loss = monitors.check_loss(loss, state.step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        skip, grad_metrics = monitors.after_backward(model, loss, state.step)  # NaN: raises
         clipped = techniques.clipper.clip(model)
-        optimizer.step()
+        if not skip:
+            optimizer.step()
         lr = techniques.lr()
         techniques.scheduler.step()
 
         state.step += 1
         state.tokens += tokens
         state.train_seconds += time.perf_counter() - started
-        if state.step % cfg.log_every == 0:
+        if state.step % cfg.log_every == 0 or "grad.anomaly" in grad_metrics:
             on_log(state, {"train.loss": loss.item(), "train.eps": eps, "train.lr": lr,
-                           **extra, **rates, **clipped, **techniques.curriculum.last})
+                           **extra, **rates, **clipped, **grad_metrics,
+                           **techniques.curriculum.last})
+        if monitors.due(state.step):
+            on_log(state, monitors.periodic(model))
         if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
             metrics = evaluate(model, task, "valid", cfg.eval_batch_size, device)
             on_eval(state, metrics)

@@ -1,0 +1,1 @@
+"""Training diagnostics: gradient monitors, loss-landscape probes and information flow."""
