@@ -100,11 +100,15 @@ def schedule_curves(tracking_uri: str, runs: pd.DataFrame, row_of: dict[str, str
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    colors = {row: f"C{i}" for i, row in enumerate(dict.fromkeys(row_of[r]
+                                                                 for r in first["run_id"]))}
     for ax, (_, title, histories) in zip(axes[0], panels, strict=True):
-        for run_id, series in histories.items():
-            ax.plot(series.index, series.values, label=row_of[run_id])
+        for run_id, series in histories.items():  # one colour per row in every panel
+            ax.plot(series.index, series.values, label=row_of[run_id],
+                    color=colors[row_of[run_id]])
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    handles = [plt.Line2D([], [], color=color, label=row) for row, color in colors.items()]
+    axes[0][0].legend(handles=handles, fontsize=7)
     return save(fig, out_path, dpi=120)
