@@ -22,8 +22,10 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def error(message: str) -> int:
+    """Print ``error: <line>`` for every line of ``message``; the bad-input exit code."""
     # escape: paths and user-written names may contain "[...]", which rich would read as markup
-    console.print(f"[bold red]error:[/] {escape(message)}")
+    for line in message.splitlines() or [""]:
+        console.print(f"[bold red]error:[/] {escape(line)}")
     return EXIT_BAD_INPUT
 
 

@@ -363,3 +363,16 @@ def test_load_suite_raises_suite_error(tmp_path):
 # No test of a clash that exists only across two axes: every TrialConfig field is validated
 # on its own (no cross-field validators), and each variant is already checked against the base,
 # so with the current schema no combination of individually valid overrides can be invalid.
+
+
+def test_every_problem_line_carries_the_error_prefix(tmp_path, capsys):
+    path = write(tmp_path, {"name": "x", "tasks": [{"name": "copy",
+                                                    "params": {"vocab": -1, "max_len": 0}}],
+                            "seeds": [0], "metrics": ["exact_match"]})
+    code, err = validate(path, capsys)
+    assert code == EXIT_BAD_INPUT
+    assert err.strip().splitlines() == [
+        f"error: {path}: tasks[0].params.vocab: Input should be greater than or equal to 2 "
+        "(got -1)",
+        f"error: {path}: tasks[0].params.max_len: Input should be greater than or equal to 1 "
+        "(got 0)"]
