@@ -8,7 +8,8 @@ directory again (the vocabulary is loaded). Every measurement runs in a fresh su
 times ``TranslationTask(params).data`` (imports excluded) with the task's own breakdown by stage
 (``prep_seconds``: read + clean + split, vocabulary trained or loaded, splits encoded or their
 cached ids loaded). Targets (issue #4): first <= 30 s, cached <= 2 s on 2 cores.
-The table is printed and written to benchmarks/results/corpus_prep.md.
+Also: the time a hub source takes to fail offline (the user must learn at once to use local
+files). The table is printed and written to benchmarks/results/corpus_prep.md.
 """
 
 from __future__ import annotations
@@ -37,6 +38,26 @@ total = time.perf_counter() - started
 print(json.dumps({"total": total, **task.prep_seconds, "vocab": task.src_vocab_size,
                   "pairs": {k: len(v.pairs) for k, v in data.items()}}))
 """
+
+
+OFFLINE_CHILD = r"""
+import time
+from tasks.data import DataError, read_hub_pairs
+started = time.perf_counter()
+try:
+    read_hub_pairs("bentrevett/multi30k", None, ("en", "de"))
+except DataError:
+    pass
+print(time.perf_counter() - started)
+"""
+
+
+def offline_hub_seconds() -> float:
+    """How long a hub source takes to fail on a machine without the Hub (fresh process)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", OFFLINE_CHILD], env=env, check=True,
+                         capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def measure(lang: str, cache: str) -> dict:
@@ -73,6 +94,8 @@ def main() -> None:
                for k in ("total", "read", "vocabulary", "encode")}
         lines.append(f"| {name} | {med['total']:.2f} | {med['read']:.2f} | "
                      f"{med['vocabulary']:.2f} | {med['encode']:.2f} | {target} |")
+    lines += ["", f"A hub source with the Hub unreachable (offline mode) fails with its message "
+              f"in {offline_hub_seconds():.3f} s."]
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:

@@ -23,6 +23,7 @@ import functools
 import json
 import os
 import time
+from abc import abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -92,12 +93,13 @@ class TextPairTask(Task):
     params: TextParams
 
     # -- hooks -------------------------------------------------------------------------------
+    @abstractmethod
     def builtin_pairs(self) -> list[Pair]:
         """The task's built-in corpus (``source`` other than files/hub)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def score_texts(self, hyps: list[str], refs: list[str]) -> dict[str, float]:
-        raise NotImplementedError
+        """The task's metrics of detokenized hypotheses against references."""
 
     def baselines(self, sources: list[str]) -> dict[str, list[str]]:
         """Trivial hypotheses from the inputs alone: baseline name -> one text per input."""

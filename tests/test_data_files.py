@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -180,12 +179,10 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
 
-def test_hub_offline_fails_fast_with_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
-    _offline(monkeypatch)
-    start = time.perf_counter()
+def test_hub_offline_fails_with_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    _offline(monkeypatch)  # how fast it fails is measured by benchmarks/corpus_prep.py
     with pytest.raises(DataError) as err:
         read_hub_pairs("bentrevett/multi30k", None, ("en", "de"))
-    assert time.perf_counter() - start < 10
     msg = str(err.value)
     assert "'bentrevett/multi30k'" in msg and "offline" in msg
     assert "local files" in msg and "source: files" in msg
