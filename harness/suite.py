@@ -11,6 +11,7 @@ import copy
 import hashlib
 import itertools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -349,14 +350,22 @@ def forecast_conflicts(config: dict[str, Any]) -> list[str]:
     return lines
 
 
+def combo_configs(spec: SuiteFile, limit: int = 10_000
+                  ) -> Iterator[tuple[tuple[str, ...], str, dict[str, Any]]]:
+    """(variant names, "variant a.x + b.y" or "base", resolved config) of each combination of
+    one variant per axis, the first ``limit`` of them (valid: _config_errors ran first)."""
+    combos = itertools.product(*(list(v.items()) for v in spec.axes.values()))
+    for combo in itertools.islice(combos, limit):
+        names = tuple(name for name, _ in combo)
+        where = " + ".join(f"{a}.{n}" for a, n in zip(spec.axes, names, strict=True))
+        yield names, (f"variant {where}" if where else "base"), resolve_config(
+            spec.base, [over or {} for _, over in combo])
+
+
 def _kind_errors(spec: SuiteFile, task_classes: dict[str, type[TaskBase]]) -> list[str]:
     """Settings a task's kind cannot train with: token losses or the multi-task curriculum on
     a forecasting task; a sequence-level loss with ``reward: task`` on a task without one."""
-    combos = itertools.product(*(list(v.items()) for v in spec.axes.values()))
-    for combo in itertools.islice(combos, 10_000):
-        config = resolve_config(spec.base, [over or {} for _, over in combo])
-        where = " + ".join(f"{a}.{n}" for a, (n, _) in zip(spec.axes, combo, strict=True))
-        where = f"variant {where}" if where else "base"
+    for _, where, config in combo_configs(spec):
         loss = config["train"]["loss"]
         for label, cls in task_classes.items():
             if cls.kind == "forecast":
@@ -374,16 +383,11 @@ def _kind_errors(spec: SuiteFile, task_classes: dict[str, type[TaskBase]]) -> li
 def _init_from_errors(spec: SuiteFile) -> list[str]:
     """``train.init_from`` must name variants of the suite's axes, and not form a cycle."""
     axes = spec.axes
-    combos = list(itertools.product(*(list(v.items()) for v in axes.values())))
     source_of: dict[tuple[str, ...], tuple[str, ...]] = {}
-    for combo in combos:
-        names = tuple(name for name, _ in combo)
-        config = resolve_config(spec.base, [over or {} for _, over in combo])
+    for names, where, config in combo_configs(spec):
         source = config["train"]["init_from"]
         if not source:
             continue
-        where = "variant " + " + ".join(f"{a}.{n}" for a, n in zip(axes, names, strict=True)) \
-            if axes else "base"
         for axis, variant in source.items():
             if axis not in axes:
                 return [f"{where}: train.init_from: unknown axis '{axis}'; axes: "

@@ -237,8 +237,7 @@ def log_attention_figure(model: Seq2Seq, task, device: torch.device,
 
 def token_label(task, token: int, side: str) -> str:
     """A token's text for figure labels (its id where the task has no text for it)."""
-    text = task.token_text(token, side) if hasattr(task, "token_text") else ""
-    return text or str(token)
+    return task.token_text(token, side) or str(token)
 
 
 def tune_trainable(config: dict[str, Any], runtime: Runtime) -> None:

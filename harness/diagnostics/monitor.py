@@ -46,7 +46,7 @@ class Monitors:
                                                 warmup=min(20, cfg.grad_window))
         self.periodic_on = cfg.gates or cfg.cells or cfg.curvature
         self.batch = self.info_batch = None
-        if self.periodic_on or cfg.gates:
+        if self.periodic_on:  # gates, cells, curvature (and the final gate summary)
             self.batch = next(iter(task.eval_batches("valid", MONITOR_BATCH))).to(device)
         if cfg.info_flow:
             parts, count = [], 0

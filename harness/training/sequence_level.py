@@ -47,28 +47,21 @@ def content_lengths(tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor
     return lengths - ((lengths > 0) & (last == EOS)).long()
 
 
-def distinct_counts(tokens: torch.Tensor, lengths: torch.Tensor, k: int) -> torch.Tensor:
-    """Per source, the number of distinct sequences among its ``k`` rows (example-major):
-    rows are equal when their lengths and tokens up to that length agree. [B]"""
+def first_occurrence(tokens: torch.Tensor, lengths: torch.Tensor, k: int) -> torch.Tensor:
+    """[B, k] True for the first of each group of equal rows among each source's ``k`` rows
+    (example-major): rows are equal when their lengths and tokens up to that length agree."""
     n, width = tokens.shape
     masked = tokens.masked_fill(torch.arange(width, device=tokens.device) >= lengths[:, None],
                                 PAD).view(n // k, k, width)
     lens = lengths.view(n // k, k)
     same = (masked[:, :, None] == masked[:, None]).all(-1) & (lens[:, :, None] == lens[:, None])
     earlier = torch.ones(k, k, dtype=torch.bool, device=tokens.device).tril(-1)  # i > j
-    duplicate = (same & earlier).any(-1)  # row i equals some earlier row j
-    return (~duplicate).sum(1)
+    return ~(same & earlier).any(-1)  # row i equals no earlier row j
 
 
-def first_occurrence(tokens: torch.Tensor, lengths: torch.Tensor, k: int) -> torch.Tensor:
-    """[B, k] True for the first of each group of equal rows (see :func:`distinct_counts`)."""
-    n, width = tokens.shape
-    masked = tokens.masked_fill(torch.arange(width, device=tokens.device) >= lengths[:, None],
-                                PAD).view(n // k, k, width)
-    lens = lengths.view(n // k, k)
-    same = (masked[:, :, None] == masked[:, None]).all(-1) & (lens[:, :, None] == lens[:, None])
-    earlier = torch.ones(k, k, dtype=torch.bool, device=tokens.device).tril(-1)
-    return ~(same & earlier).any(-1)
+def distinct_counts(tokens: torch.Tensor, lengths: torch.Tensor, k: int) -> torch.Tensor:
+    """Per source, the number of distinct sequences among its ``k`` rows. [B]"""
+    return first_occurrence(tokens, lengths, k).sum(1)
 
 
 def policy_gradient_loss(logp: torch.Tensor, reward: torch.Tensor,
