@@ -85,6 +85,10 @@ def test_every_monitor_logs_on_schedule(one_thread) -> None:
     assert gate_steps == [4, 8, 12]
     assert {s for s, m in logs if "landscape.top_eigenvalue" in m} == {4, 8, 12}
     assert {s for s, m in logs if "grad.norm" in m} == set(range(1, 13))
+    layer_steps = {s for s, m in logs if any(k.startswith("grad.layer.") for k in m)}
+    assert layer_steps == {4, 8, 12}
+    layers = [m for s, m in logs if s == 12 and "grad.layer.head" in m][0]
+    assert "grad.layer.decoder.layers.0" in layers
     assert all(m["gates.enc.l0.forget.healthy"] in (0.0, 1.0)
                for _, m in logs if "gates.enc.l0.forget.healthy" in m)
     for key in ("diag.grad_anomalies", "diag.forget_healthy", "diag.top_eigenvalue",

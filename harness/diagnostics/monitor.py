@@ -1,10 +1,11 @@
 """The monitors a trial switches on (``monitor:`` in a suite), bundled for the training loop.
 
-The loop calls, in order: :meth:`Monitors.check_loss` before backward (fault injection and the
-non-finite check of the loss), :meth:`Monitors.after_backward` after it (non-finite gradients
-always; the gradient norm and its anomalies with ``grad_anomaly``; returns whether to skip the
-update), :meth:`Monitors.periodic` after every ``every``-th update (gates, cells, curvature on
-a fixed validation batch) and :meth:`Monitors.final` once at the end (information flow and the
+The loop calls, in order: :meth:`Monitors.check_loss` before backward (fault injection),
+:meth:`Monitors.after_backward` after it (a non-finite loss or gradient always raises; the
+gradient norm and its anomalies with ``grad_anomaly``; returns whether to skip the update),
+:meth:`Monitors.periodic` after every ``every``-th update (per-layer gradient norms with
+``grad_anomaly``; gates, cells, curvature on a fixed validation batch) and
+:meth:`Monitors.final` once at the end (information flow and the
 summary metrics the tables show). Each returns MLflow metrics. A monitor that is off costs
 nothing: the periodic and final work is skipped and the gradient norm is not computed.
 """
@@ -22,6 +23,7 @@ from harness.diagnostics.gradients import (
     TrainingStopped,
     check_finite,
     grad_norm,
+    layer_grad_norms,
 )
 from harness.diagnostics.info_flow import information_flow
 from harness.diagnostics.landscape import (
@@ -101,10 +103,13 @@ class Monitors:
 
     # -- every ``every`` steps -------------------------------------------------------------
     def due(self, step: int) -> bool:
-        return self.periodic_on and step % self.cfg.every == 0
+        return (self.periodic_on or self.cfg.grad_anomaly) and step % self.cfg.every == 0
 
     def periodic(self, model: torch.nn.Module) -> dict[str, float]:
+        """Called after an update: its gradients are still on the parameters."""
         metrics: dict[str, float] = {}
+        if self.cfg.grad_anomaly:
+            metrics.update(layer_grad_norms(model))
         if self.cfg.gates or self.cfg.cells:
             stats = gate_statistics(model, self.batch)
             if not self.cfg.cells:
