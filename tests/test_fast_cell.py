@@ -5,6 +5,7 @@ gradients with the per-step autograd loop (``CustomLSTMLayer.fast = False``) on 
 from __future__ import annotations
 
 import itertools
+import zlib
 
 import pytest
 import torch
@@ -34,7 +35,7 @@ MASKS = ["none", "variational", "per_step", "keep", "keep_broadcast"]
 
 
 def loop_inputs(cell: dict, masks: str, gen: torch.Generator):
-    gb, gt, gh = 2, 3, 2
+    gb, gt, gh = 2, 3, 3
     blocks = 5 if cell.get("highway") else 4
 
     def rand(*shape, scale=1.0):
@@ -43,7 +44,8 @@ def loop_inputs(cell: dict, masks: str, gen: torch.Generator):
     inputs = [rand(gt, gb, blocks * gh), rand(gb, gh, scale=0.5), rand(gb, gh, scale=0.5),
               rand(blocks * gh, gh, scale=0.7)]
     if cell.get("layernorm"):
-        # gains away from 1 and biases away from 0; H = 2 keeps LN well-conditioned in float64
+        # gains away from 1 and biases away from 0; with H = 2 units layer norm is +-1 and its
+        # derivative 1 / |a - b| blows up for close pairs, so H = 3
         inputs += [(1 + 0.3 * torch.randn(4, gh, generator=gen, dtype=F64)).requires_grad_(),
                    rand(4, gh, scale=0.3),
                    (1 + 0.3 * torch.randn(gh, generator=gen, dtype=F64)).requires_grad_(),
@@ -52,7 +54,7 @@ def loop_inputs(cell: dict, masks: str, gen: torch.Generator):
         inputs += [None] * 4
     rec = keep_h = keep_c = None
     if masks == "variational":
-        rec = torch.tensor([[2.0, 0.0], [2.0, 2.0]], dtype=F64)
+        rec = 2 * torch.randint(0, 2, (gb, gh), generator=gen).to(F64)
     elif masks == "per_step":
         rec = 2 * torch.randint(0, 2, (gt, gb, gh), generator=gen).to(F64)
     elif masks == "keep":  # zoneout masks d, and 1 on padded steps
@@ -68,7 +70,8 @@ def loop_inputs(cell: dict, masks: str, gen: torch.Generator):
 @pytest.mark.parametrize("cell", CELLS, ids=lambda k: "+".join(k) or "vanilla")
 @pytest.mark.parametrize("masks", MASKS)
 def test_sequence_loop_gradcheck(cell, masks):
-    gen = torch.Generator().manual_seed(hash((tuple(cell), masks)) % 1000)
+    # a fixed seed per case: hash() of a str changes between processes
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{sorted(cell)}/{masks}".encode()) % 1000)
     inputs = loop_inputs(cell, masks, gen)
     assert gradcheck(SequenceLoop.apply, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
 
