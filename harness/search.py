@@ -2,10 +2,12 @@
 
 For every (variant combination, task) of a suite, one Optuna study searches ``search.space``
 through Ray Tune (``OptunaSearch`` behind a ``ConcurrencyLimiter``, optionally an
-``ASHAScheduler``): ``search.trials`` trials trained with seed ``search.seed``, each scored by
-the last value of ``valid.<metric>`` it reported (the validation split at the last evaluation;
-ASHA compares the same metric at its rungs). The best configuration is then re-run over the
-suite's seeds as ordinary trials: the table reads those.
+``ASHAScheduler``): ``search.trials`` trials trained with seed ``search.seed`` (Optuna's TPE
+sampler is seeded with it too, plus the number of trials the study already holds), each scored
+by the last value of ``valid.<metric>`` it reported (the validation split at the last evaluation;
+ASHA compares the same metric at its rungs; a trial it stopped is COMPLETE in the study with
+its value where it stopped). The best configuration is then re-run over the suite's seeds as
+ordinary trials: the table reads those.
 
 Where things are kept:
 
@@ -103,6 +105,7 @@ class StudyState:
     counted: int
     best: dict[str, Any] | None
     value: float | None
+    size: int = 0  # trials in the study, in any state
 
 
 def _storage(url: str):
@@ -124,9 +127,9 @@ def study_state(url: str, name: str) -> StudyState:
     trials = study.get_trials(deepcopy=False)
     counted = sum(1 for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
     if not any(t.state == TrialState.COMPLETE for t in trials):
-        return StudyState(name, counted, None, None)
+        return StudyState(name, counted, None, None, len(trials))
     best = study.best_trial
-    return StudyState(name, counted, dict(best.params), best.value)
+    return StudyState(name, counted, dict(best.params), best.value, len(trials))
 
 
 def close_running(url: str, name: str) -> int:
@@ -217,13 +220,12 @@ def _lenient_metric_check() -> Iterator[None]:
 def search_progress_class():
     """The live view, one line per search trial (they share their trial dict's key)."""
     from harness.progress import ProgressView
+    from harness.search_space import describe
 
     class SearchProgress(ProgressView):
         @staticmethod
         def key(trial) -> str:
             values = {k: v for k, v in trial.config.items() if k != "trial"}
-            from harness.search_space import describe
-
             return f"{trial.trial_id[-5:]} {describe(values)}"
 
     return SearchProgress
@@ -239,6 +241,7 @@ class SearchRun:
     max_concurrent: int
     max_failures: int
     callbacks: list
+    launch: str  # distinguishes this launch's Tune experiment folders from earlier ones
 
 
 def run_search(suite: Suite, target: Target, remaining: int, run: SearchRun) -> list[str]:
@@ -255,7 +258,10 @@ def run_search(suite: Suite, target: Target, remaining: int, run: SearchRun) -> 
     space = {path: dist.to_optuna() for path, dist in search.distributions().items()}
     open_study(run.url, name, mode, {"suite": suite.name, "variants": target.variants,
                                      "task": target.task["label"], "metric": metric})
-    searcher = _searcher_class()(space=space, metric=metric, mode=mode, seed=search.seed,
+    # the sampler's seed moves on with the study: a fresh sampler seeded as before would
+    # propose the same first points again when a launch extends the study
+    seed = search.seed + study_state(run.url, name).size
+    searcher = _searcher_class()(space=space, metric=metric, mode=mode, seed=seed,
                                  study_name=name, storage=_storage(run.url))
     scheduler = None
     if search.asha is not None:
@@ -271,7 +277,6 @@ def run_search(suite: Suite, target: Target, remaining: int, run: SearchRun) -> 
     trainable = tune.with_resources(
         tune.with_parameters(search_trainable, runtime=run.runtime), resources)
     folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:80]
-    counted = study_state(run.url, name).counted
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": base},
@@ -280,7 +285,7 @@ def run_search(suite: Suite, target: Target, remaining: int, run: SearchRun) -> 
             scheduler=scheduler, num_samples=remaining, reuse_actors=True,
             trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
         run_config=tune.RunConfig(
-            name=f"{suite.name}-search-{folder}-from{counted}",
+            name=f"{suite.name}-search-{folder}-{run.launch}",
             storage_path=str(run.storage_dir), verbose=0, callbacks=run.callbacks,
             failure_config=tune.FailureConfig(max_failures=run.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
