@@ -71,7 +71,9 @@ def init_ray(address: str | None) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(include_dashboard=False, **kwargs)
+        # "local": a new local instance, never one that another process started on this
+        # machine (ray.init() without an address joins the last cluster `ray start` made)
+        ray.init(address="local", include_dashboard=False, **kwargs)
 
 
 def dirname_for(trial) -> str:
@@ -226,9 +228,15 @@ def _run_optuna_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
                 callbacks = [sr.search_progress_class()(
                     f"{suite.name} search {target.label}", total=remaining)]
             run = sr.SearchRun(url, storage, runtime, concurrent, opts.max_failures,
-                               callbacks)
-            search_failures[target.label] = sr.run_search(suite, target, remaining, run)
+                               callbacks, launch=parent[:8])
+            errors = sr.run_search(suite, target, remaining, run)
+            search_failures[target.label] = errors
             states[target.label] = sr.study_state(url, studies[target.label])
+            if errors:
+                console.print(f"search {target.label}: {len(errors)} of {remaining} trials "
+                              f"failed (failed trials do not count: the next launch runs "
+                              f"as many again); last: "
+                              f"{errors[-1]}")
         for label, state in states.items():
             if state.best is None:
                 reasons = search_failures.get(label) or ["no trial completed"]
