@@ -20,19 +20,21 @@ from local_cluster import (
     trainable_pids,
     trial_runs,
 )
+from mlflow.tracking import MlflowClient
 
 from harness import run_schema as rs
 
 pytestmark = pytest.mark.slow
 
-STEPS, EVAL_EVERY = 800, 100  # a checkpoint at every evaluation; 700 steps left after the first
+# a checkpoint at every evaluation: 700 steps still to train when the first one is written
+STEPS, EVAL_EVERY, LOG_EVERY = 800, 100, 50
 SUITE = """
 name: {name}
 tasks:
   - {{name: copy, params: {{vocab: 5, min_len: 2, max_len: 4, n_valid: 16, n_test: 16}}}}
 base:
   model: {{embed: 8, hidden: 16}}
-  train: {{steps: {steps}, batch_size: 8, eval_every: {eval_every}, log_every: 50}}
+  train: {{steps: {steps}, batch_size: 8, eval_every: {eval_every}, log_every: {log_every}}}
 axes:
   opt:
     adam: {{}}
@@ -51,7 +53,8 @@ def cluster():
 
 def start_suite(tmp_path: Path, name: str, cluster) -> tuple[Driver, Path]:
     suite = tmp_path / f"{name}.yaml"
-    suite.write_text(SUITE.format(name=name, steps=STEPS, eval_every=EVAL_EVERY))
+    suite.write_text(SUITE.format(name=name, steps=STEPS, eval_every=EVAL_EVERY,
+                                  log_every=LOG_EVERY))
     driver = Driver(suite, cluster.address, "--runs-dir", str(tmp_path / "runs"),
                     "--results-dir", str(tmp_path / "results"), "--max-failures", "2")
     driver.start()
@@ -90,6 +93,12 @@ def assert_completed_once(tmp_path: Path, suite: str, driver: Driver, retried: s
     resumed = [int(s) for s in by_key[retried].data.tags[rs.TAG_RESUMED_FROM].split(",")]
     assert len(resumed) == 1 and EVAL_EVERY <= resumed[0] < STEPS  # a checkpoint, not step 0
     assert resumed[0] % EVAL_EVERY == 0
+    # steps up to the checkpoint were trained (and logged) once: the retry did not start over
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    history = client.get_metric_history(by_key[retried].info.run_id, rs.TRAIN_LOSS)
+    logged = [m.step for m in history if m.step % LOG_EVERY == 0]  # (anomalous steps too)
+    assert sorted(set(logged)) == list(range(LOG_EVERY, STEPS + 1, LOG_EVERY))
+    assert all(logged.count(step) == 1 for step in range(LOG_EVERY, resumed[0] + 1, LOG_EVERY))
     assert rs.TAG_FAILURE not in by_key[retried].data.tags
     (other,) = set(KEYS) - {retried}
     assert rs.TAG_RESUMED_FROM not in by_key[other].data.tags
