@@ -63,12 +63,15 @@ def finished_trial_keys(tracking_uri: str, experiment_id: str, suite: str) -> se
 def init_ray(address: str | None) -> None:
     import ray
 
+    from harness.cluster_address import check_reachable
+
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     kwargs = {"log_to_driver": False, "logging_level": logging.ERROR,
               "configure_logging": True}
     if address:
+        check_reachable(address)  # ray.init retries an unreachable address for minutes
         ray.init(address=address, **kwargs)
     else:
         # "local": a new local instance, never one that another process started on this

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from harness import run_schema as rs
+from harness.attempts import close_lost_attempts, record_attempt
 from harness.config import TrialConfig
 from harness.diagnostics.monitor import Monitors
 from harness.models.factory import build_model
@@ -109,7 +110,12 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
         torch.set_rng_state(resume["rng"])
         started -= resume["elapsed"]
     if tracker is not None:
-        tracker.start(trial, resume_run_id=resume.get("mlflow_run_id") if resume else None)
+        resume_run_id = resume.get("mlflow_run_id") if resume else None
+        tracker.start(trial, resume_run_id=resume_run_id)
+        record_attempt(tracker.client, tracker.run_id, state.step if resume_run_id else None)
+        if resume_run_id is None:
+            close_lost_attempts(tracker.client, runtime.experiment_id, trial["suite"],
+                                trial["key"], tracker.run_id)
 
     def on_log(state: TrainState, metrics: dict[str, float]) -> None:
         if tracker is not None:
