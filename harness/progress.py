@@ -10,6 +10,23 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+REASON_CHARS = 200
+
+
+def failure_reason(trial) -> str:
+    """The last line of a failed trial's error (for example ``tasks.data.DataError: x.jsonl:
+    file not found``): Tune writes each failure's text to the trial's error file before it
+    calls the callbacks; ``Trial.get_error`` reads it back."""
+    text = None
+    get_error = getattr(trial, "get_error", None)
+    if callable(get_error):
+        try:
+            text = get_error()
+        except Exception:  # storage gone or unreadable: say so, do not break the view
+            text = None
+    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+    return lines[-1][:REASON_CHARS] if lines else "error (no reason recorded)"
+
 
 def format_elapsed(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
@@ -73,12 +90,12 @@ class ProgressView(Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         key = self.key(trial)
         self.running.pop(key, None)
-        reason = getattr(trial, "error_msg", None) or "error"
-        self.failed[key] = str(reason).strip().splitlines()[-1][:200]
+        self.failed[key] = failure_reason(trial)
         self.refresh()
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
-        self.running[self.key(trial)] = "retrying from its last checkpoint"
+        self.running[self.key(trial)] = (f"retrying from its last checkpoint after: "
+                                         f"{failure_reason(trial)}")
         self.refresh()
 
     def on_experiment_end(self, trials, **info) -> None:
