@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from ray.tune import Callback
 from rich.console import Console, Group
@@ -10,22 +11,45 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-REASON_CHARS = 200
+REASON_CHARS = 300
+
+
+NO_REASON = "error (no reason recorded)"
+
+
+def error_reason(text: str) -> str:
+    """The first line of the final exception in an error text: a Python or Ray traceback, or
+    Tune's error file (one ``Failure # n`` block per failure: the last one counts). The first
+    line, not the last: a message may go on over several lines (torch's refusal of a
+    checkpoint ends with a line about its documentation)."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    blocks = [i for i, line in enumerate(lines) if line.startswith("Failure # ")]
+    if blocks:
+        lines = lines[blocks[-1] + 1:]
+    frames = [i for i, line in enumerate(lines) if line.startswith(" ")
+              and line.lstrip().startswith('File "')]
+    if frames:  # the exception's own line follows the last frame's indented source lines
+        for line in lines[frames[-1] + 1:]:
+            if line.strip() and not line[0].isspace():
+                return line.strip()[:REASON_CHARS]
+    shown = [line.strip() for line in lines if line.strip()]
+    return shown[-1][:REASON_CHARS] if shown else NO_REASON
 
 
 def failure_reason(trial) -> str:
-    """The last line of a failed trial's error (for example ``tasks.data.DataError: x.jsonl:
-    file not found``): Tune writes each failure's text to the trial's error file before it
-    calls the callbacks; ``Trial.get_error`` reads it back."""
+    """Why a Tune trial failed (see :func:`error_reason`). Tune writes each failure's text to
+    the trial's error file in the driver's staging folder before it calls the callbacks (the
+    copy in the trial's storage, which ``Trial.get_error`` reads, comes later)."""
     text = None
-    get_error = getattr(trial, "get_error", None)
-    if callable(get_error):
-        try:
-            text = get_error()
-        except Exception:  # storage gone or unreadable: say so, do not break the view
-            text = None
-    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
-    return lines[-1][:REASON_CHARS] if lines else "error (no reason recorded)"
+    try:
+        local = getattr(trial, "error_file", None)
+        if local and Path(local).is_file():
+            text = Path(local).read_text(errors="replace")
+        elif callable(getattr(trial, "get_error", None)):
+            text = trial.get_error()
+    except Exception:  # storage gone or unreadable: say so, do not break the view
+        text = None
+    return error_reason(str(text)) if text else NO_REASON
 
 
 def format_elapsed(seconds: float) -> str:
@@ -123,7 +147,8 @@ class ProgressView(Callback):
         for key, line in sorted(self.running.items()):
             table.add_row(Text(key, "cyan"), line)
         for key, reason in sorted(self.failed.items()):
-            table.add_row(Text(key, "red"), f"FAILED: {reason}")
+            # fold, not ellipsis: a path in the reason stays whole, over several lines
+            table.add_row(Text(key, "red"), Text(f"FAILED: {reason}", overflow="fold"))
         return Group(head, table)
 
     def refresh(self) -> None:

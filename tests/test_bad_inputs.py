@@ -348,3 +348,75 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path, monkeypatch):
                         lambda: tune.Checkpoint.from_directory(str(folder)))
     with pytest.raises(RuntimeError, match=re.escape(f"corrupt checkpoint {folder}")):
         tune_trainable({"trial": {}}, Runtime(None, None, None))
+
+
+CORRUPT_SUITE = """
+name: corrupt
+tasks:
+  - {name: copy, params: {vocab: 5, min_len: 2, max_len: 4, n_valid: 16, n_test: 16}}
+base:
+  model: {embed: 8, hidden: 8}
+  train: {steps: 1000000, batch_size: 8, eval_every: 50, log_every: 50}
+seeds: [0]
+metrics: [exact_match]
+"""
+
+
+def checkpoint_in_state(experiment: Path) -> str | None:
+    """The checkpoint folder name Tune's saved experiment state resumes the trial from."""
+    for state in experiment.glob("experiment_state-*.json"):
+        try:
+            data = json.loads(state.read_text())
+            result = json.loads(data["trial_data"][0][1])["last_result"]
+        except (OSError, ValueError, KeyError, IndexError):
+            continue  # being written
+        if result.get("checkpoint_dir_name"):
+            return result["checkpoint_dir_name"]
+    return None
+
+
+@pytest.mark.slow
+def test_corrupt_checkpoint_fails_the_trial_with_its_path(tmp_path):
+    """The driver is killed after a checkpoint; the checkpoint the saved state resumes from is
+    overwritten with garbage; the same command again fails that trial (exit 1) with a reason
+    that names the file, in the live view and in the final FAILED lines."""
+    import signal
+    import sys
+
+    work = tmp_path / "work"  # this test launches: keep runs/ out of the checked cwd
+    work.mkdir()
+    suite = work / "corrupt.yaml"
+    suite.write_text(CORRUPT_SUITE)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    argv = [sys.executable, "-m", "harness", "run", str(suite), "--max-failures", "0"]
+    driver = subprocess.Popen([*argv, "--no-progress"], cwd=work, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.monotonic() + 240
+    name = None
+    while time.monotonic() < deadline and driver.poll() is None and name is None:
+        time.sleep(0.5)
+        experiments = list((work / "runs" / "ray").glob("corrupt-*"))
+        name = checkpoint_in_state(experiments[0]) if experiments else None
+    assert driver.poll() is None, "the driver ended before it could be interrupted"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
+    driver.wait()
+    assert name is not None, "no checkpoint was saved in 240 s"
+    (trial_dir,) = [p for p in experiments[0].iterdir() if p.is_dir()]
+    folder = trial_dir / name  # may already be gone: Tune keeps only the newest checkpoint
+    folder.mkdir(exist_ok=True)
+    checkpoint = folder / "trial.pt"
+    checkpoint.write_bytes(b"garbage, not a torch checkpoint")
+
+    rerun = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True,
+                           timeout=300)
+    out = ANSI.sub("", rerun.stdout + rerun.stderr)
+    assert rerun.returncode == 1, out
+    assert "resuming the interrupted launch in" in out
+    # the live view's final picture (its table may wrap a long path: compare without spaces)
+    line = f"baseline|copy|s0 FAILED: RuntimeError: corrupt checkpoint {checkpoint}: "
+    assert "".join(line.split()) in "".join(out.split()), out
+    assert "FAILED baseline|copy|s0: " in out  # the summary lines (their text: see the doc)
+    assert "corrupt: 0/1 trials finished, 1 failed" in out
