@@ -161,17 +161,22 @@ def cmd_run(args) -> int:
         return error(str(exc))
     except ConnectionError as exc:
         return error(f"cannot reach the Ray cluster at {args.address!r}: {exc}")
+    # trials Tune lost without an error of their own (an actor that died before it ran)
+    lost = outcome.total - outcome.finished - len(outcome.failed)
     summary = (f"{outcome.finished}/{outcome.total} trials finished"
                + (f" ({outcome.skipped} from earlier launches)" if outcome.skipped else "")
-               + (f", {len(outcome.failed)} failed" if outcome.failed else ""))
+               + (f", {len(outcome.failed)} failed" if outcome.failed else "")
+               + (f", {lost} did not finish (no reason recorded: see Ray's messages above)"
+                  if lost > 0 else ""))
     out_dir = args.results_dir / suite.name
     written = write_results(suite, uri, out_dir, command=command, summary=summary,
                             commit=commit)
     for key, reason in sorted(outcome.failed.items()):
-        console.print(f"[red]FAILED[/] {key}: {reason}")
+        console.print(f"[red]FAILED[/] {escape(key)}: {escape(reason)}")
     table = next((p for p in written if p.name == "table.md"), out_dir)
-    console.print(f"[bold]{suite.name}[/]: {summary}; table: {table}")
-    return EXIT_TRIALS_FAILED if outcome.failed else EXIT_OK
+    console.print(f"[bold]{escape(suite.name)}[/]: {escape(summary)}; table: "
+                  f"{escape(str(table))}")
+    return EXIT_TRIALS_FAILED if outcome.failed or lost > 0 else EXIT_OK
 
 
 def cluster_problem(address: str | None) -> str | None:
@@ -265,8 +270,8 @@ def cmd_ui(args) -> int:
         return error(str(exc))
     problem = port_problem(args.host, args.port)
     if problem:
-        return error(f"cannot start the MLflow UI: {problem} (another MLflow UI?); pick "
-                     "another port with --port")
+        return error(f"cannot start the MLflow UI: {problem}; pick another port with --port "
+                     "(or another --host)")
     if not is_loopback(args.host):
         console.print(f"[yellow]warning:[/] the MLflow UI listens on {escape(args.host)}: other "
                       "machines can reach it, and it has no login")

@@ -301,8 +301,8 @@ def test_ui_port_in_use(tmp_path, capsys, monkeypatch):
         busy.listen()
         port = busy.getsockname()[1]
         assert cli_error(["ui", "--port", str(port)], capsys) == (
-            f"cannot start the MLflow UI: port {port} on 127.0.0.1 is already in use (another "
-            "MLflow UI?); pick another port with --port")
+            f"cannot start the MLflow UI: port {port} on 127.0.0.1 is already in use; pick "
+            "another port with --port (or another --host)")
 
 
 def test_ui_store_that_cannot_be_written(tmp_path, capsys, monkeypatch):
@@ -420,3 +420,31 @@ def test_corrupt_checkpoint_fails_the_trial_with_its_path(tmp_path):
     assert "".join(line.split()) in "".join(out.split()), out
     assert "FAILED baseline|copy|s0: " in out  # the summary lines (their text: see the doc)
     assert "corrupt: 0/1 trials finished, 1 failed" in out
+
+
+# ------------------------------------------------------------------ the outcome of a run
+
+
+@pytest.mark.parametrize(("finished", "failed", "code", "summary"), [
+    (2, {}, 0, "s: 2/2 trials finished; table: "),
+    (1, {"b|copy|s0": "NonFiniteError: loss is [nan] at step 5"}, 1,
+     "s: 1/2 trials finished, 1 failed; table: "),
+    # Tune lost a trial without an error of its own (its actor died before it ran)
+    (1, {}, 1, "s: 1/2 trials finished, 1 did not finish (no reason recorded: see Ray's "
+               "messages above); table: "),
+])
+def test_run_exit_code_and_summary(finished, failed, code, summary, tmp_path, capsys,
+                                   monkeypatch):
+    import harness.results
+    import harness.runner
+    from harness.runner import RunOutcome
+
+    path = write_suite(tmp_path, {**SUITE, "name": "s"})
+    outcome = RunOutcome(total=2, skipped=0, finished=finished, failed=failed)
+    monkeypatch.setattr(harness.runner, "run_suite", lambda suite, opts: outcome)
+    monkeypatch.setattr(harness.results, "write_results", lambda *args, **kwargs: [])
+    assert main(["run", str(path)]) == code
+    err = ANSI.sub("", capsys.readouterr().err)
+    assert summary in err, err
+    if failed:  # the reason verbatim: "[nan]" is not read as rich markup
+        assert "FAILED b|copy|s0: NonFiniteError: loss is [nan] at step 5" in err
