@@ -7,6 +7,7 @@ Exit codes: 0 everything finished; 1 some trials failed (the rest of the suite c
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import subprocess
 import sys
@@ -180,16 +181,21 @@ def cmd_run(args) -> int:
 
 
 def cluster_problem(address: str | None) -> str | None:
-    """Why ``--address`` leads to no Ray cluster (None: it does, or none was given). A quick
-    TCP check: ``ray.init`` itself retries for minutes on an address where nothing listens."""
+    """Why ``--address`` (without it, ``$RAY_ADDRESS``, which ``ray.init`` reads then) leads
+    to no Ray cluster (None: it does, or neither is set). A quick TCP check: ``ray.init``
+    itself retries for minutes on an address where nothing listens."""
     from harness.endpoints import ray_address_problem
 
+    source = "--address"
+    if address is None and os.environ.get("RAY_ADDRESS"):
+        address, source = os.environ["RAY_ADDRESS"], "$RAY_ADDRESS"
     problem = ray_address_problem(address)
     if problem is None:
         return None
-    return (f"cannot reach the Ray cluster at --address {address!r}: {problem}. Start its head "
+    return (f"cannot reach the Ray cluster at {source} {address!r}: {problem}. Start its head "
             "with `ray start --head` and pass the address it prints (host:port, or auto on "
-            "the head itself), or leave --address out to run on this machine.")
+            "the head itself), or leave --address out (and $RAY_ADDRESS unset) to run on this "
+            "machine.")
 
 
 def cmd_table(args) -> int:

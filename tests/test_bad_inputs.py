@@ -196,6 +196,25 @@ def test_unreachable_cluster_fails_fast(tmp_path, capsys, monkeypatch):
     assert ":1 (connection refused). Start its head with `ray start --head`" in message
 
 
+@pytest.mark.parametrize(("argv", "env", "shown", "target"), [
+    (["--address", "ray://127.0.0.1:1"], None, "--address 'ray://127.0.0.1:1'", "127.0.0.1:1"),
+    # auto: $RAY_ADDRESS first, as Ray looks it up (a cluster's address file comes second)
+    (["--address", "auto"], "127.0.0.1:1", "--address 'auto'", ":1"),
+    # no --address: ray.init would join $RAY_ADDRESS
+    ([], "127.0.0.1:1", "$RAY_ADDRESS '127.0.0.1:1'", ":1"),
+])
+def test_other_unreachable_cluster_addresses(argv, env, shown, target, tmp_path, capsys,
+                                             monkeypatch):
+    no_launch(monkeypatch)
+    if env:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    path = write_suite(tmp_path, SUITE)
+    message = cli_error(["run", str(path), *argv], capsys)
+    assert message.startswith(f"cannot reach the Ray cluster at {shown}: nothing accepts "
+                              "connections at "), message
+    assert f"{target} (connection refused)" in message
+
+
 def test_malformed_cluster_address(tmp_path, capsys, monkeypatch):
     no_launch(monkeypatch)
     path = write_suite(tmp_path, SUITE)
