@@ -267,13 +267,17 @@ def ui_command(uri: str, host: str, port: int) -> list[str]:
 
 def cmd_ui(args) -> int:
     from harness.endpoints import is_loopback, port_problem
-    from harness.tracking import TrackingError, check_store, resolve_tracking_uri
+    from harness.tracking import TrackingError, check_store, resolve_tracking_uri, sqlite_path
 
     uri = resolve_tracking_uri(args.tracking_uri, args.runs_dir)
     try:
         check_store(uri, absolute=False)  # the UI runs in this working directory
     except TrackingError as exc:
         return error(str(exc))
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        return error(f"no MLflow database at {db} (run a suite first, or pass --runs-dir / "
+                     "--tracking-uri)")
     problem = port_problem(args.host, args.port)
     if problem:
         return error(f"cannot start the MLflow UI: {problem}; pick another port with --port "

@@ -315,13 +315,23 @@ def test_bad_numbers_on_the_command_line(argv, expected, capsys):
 
 def test_ui_port_in_use(tmp_path, capsys, monkeypatch):
     no_launch(monkeypatch)
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "mlflow.db").write_bytes(b"")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert cli_error(["ui", "--port", str(port)], capsys) == (
+        assert cli_error(["ui", "--port", str(port), "--runs-dir", str(store)], capsys) == (
             f"cannot start the MLflow UI: port {port} on 127.0.0.1 is already in use; pick "
             "another port with --port (or another --host)")
+
+
+def test_ui_without_a_database(tmp_path, capsys, monkeypatch):
+    no_launch(monkeypatch)
+    db = tmp_path / "elsewhere" / "mlflow.db"
+    assert cli_error(["ui", "--runs-dir", str(db.parent)], capsys) == (
+        f"no MLflow database at {db} (run a suite first, or pass --runs-dir / --tracking-uri)")
 
 
 def test_ui_store_that_cannot_be_written(tmp_path, capsys, monkeypatch):

@@ -155,13 +155,14 @@ def test_ui_listens_on_127_0_0_1_by_default(tmp_path: Path, capsys,
     launched: list[list[str]] = []
     monkeypatch.setattr(subprocess, "call", lambda argv: launched.append(argv) or 0)
     port = free_port()
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "mlflow.db").write_bytes(b"")
     assert main(["ui", "--port", str(port), "--runs-dir", str(tmp_path / "runs")]) == EXIT_OK
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     assert launched == [[sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                          "--host", "127.0.0.1", "--port", str(port)]]
     err = ANSI.sub("", capsys.readouterr().err)
     assert "warning" not in err and f"MLflow UI on http://127.0.0.1:{port}" in err
-    assert not (tmp_path / "runs").exists()  # the check created nothing
 
 
 def test_ui_on_another_host_warns(tmp_path: Path, capsys,
@@ -170,6 +171,7 @@ def test_ui_on_another_host_warns(tmp_path: Path, capsys,
     launched: list[list[str]] = []
     monkeypatch.setattr(subprocess, "call", lambda argv: launched.append(argv) or 0)
     port = free_port()
+    (tmp_path / "mlflow.db").write_bytes(b"")
     assert main(["ui", "--host", "0.0.0.0", "--port", str(port),
                  "--runs-dir", str(tmp_path)]) == EXIT_OK
     assert launched[0][-4:] == ["--host", "0.0.0.0", "--port", str(port)]
