@@ -57,18 +57,26 @@ def record_attempt(client: MlflowClient, run_id: str, resumed_step: int | None) 
         client.set_tag(run_id, key, value)
 
 
-def close_lost_attempts(client: MlflowClient, experiment_id: str, suite: str, key: str,
-                        run_id: str) -> list[str]:
-    """Mark FAILED the trial's other RUNNING runs (attempts that died before a checkpoint);
-    returns their ids. Called by a fresh (not resumed) attempt that opened ``run_id``."""
+def fail_running_attempts(client: MlflowClient, experiment_id: str, suite: str, key: str,
+                          reason: str, keep: str | None = None) -> list[str]:
+    """Mark FAILED, with ``reason``, the trial's RUNNING runs other than ``keep``; returns
+    their ids."""
     runs = client.search_runs(
         [experiment_id], max_results=1000,
         filter_string=(f"tags.`{rs.TAG_ROLE}` = '{rs.ROLE_TRIAL}' and "
                        f"tags.`{rs.TAG_SUITE}` = '{suite}' and "
                        f"tags.`{rs.TAG_TRIAL_KEY}` = '{key}' and "
                        "attributes.status = 'RUNNING'"))
-    lost = [r.info.run_id for r in runs if r.info.run_id != run_id]
-    for lost_id in lost:
-        client.set_tag(lost_id, rs.TAG_FAILURE, LOST_BEFORE_CHECKPOINT.format(run_id=run_id))
-        client.set_terminated(lost_id, "FAILED")
-    return lost
+    failed = [r.info.run_id for r in runs if r.info.run_id != keep]
+    for run_id in failed:
+        client.set_tag(run_id, rs.TAG_FAILURE, reason)
+        client.set_terminated(run_id, "FAILED")
+    return failed
+
+
+def close_lost_attempts(client: MlflowClient, experiment_id: str, suite: str, key: str,
+                        run_id: str) -> list[str]:
+    """Mark FAILED the trial's other RUNNING runs (attempts that died before a checkpoint);
+    returns their ids. Called by a fresh (not resumed) attempt that opened ``run_id``."""
+    return fail_running_attempts(client, experiment_id, suite, key,
+                                 LOST_BEFORE_CHECKPOINT.format(run_id=run_id), keep=run_id)

@@ -8,8 +8,6 @@ corpora and hub datasets are left to the trials (the hub may be slow or offline)
 
 from __future__ import annotations
 
-import os
-
 from harness.suite import Suite, task_label
 from tasks.data import DataError, read_pair_files
 
@@ -24,13 +22,6 @@ def data_file_errors(suite: Suite) -> list[str]:
         if getattr(params, "source", None) != "files" or getattr(params, "files", None) is None:
             continue
         where = f"tasks[{i}].params.files"
-        named = params.files if isinstance(params.files, dict) else {"": params.files}
-        relative = [str(path) for path in named.values() if not os.path.isabs(path)]
-        if relative:
-            lines += [f"{where}: '{path}' is a relative path; trials run in their own working "
-                      f"directory, so give an absolute one (here: {os.path.abspath(path)})"
-                      for path in relative]
-            continue
         try:
             read_pair_files(params.files, params.columns, params.format)
         except DataError as exc:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import run_schema as rs
+from harness.progress import error_reason
 from harness.suite import Suite
 from harness.tracking import end_run, prepare_experiment, start_launch_run
 from harness.trial import Runtime, tune_trainable
@@ -63,15 +64,13 @@ def finished_trial_keys(tracking_uri: str, experiment_id: str, suite: str) -> se
 def init_ray(address: str | None) -> None:
     import ray
 
-    from harness.cluster_address import check_reachable
-
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     kwargs = {"log_to_driver": False, "logging_level": logging.ERROR,
               "configure_logging": True}
+    address = address or os.environ.get("RAY_ADDRESS")  # `ray job submit` sets it
     if address:
-        check_reachable(address)  # ray.init retries an unreachable address for minutes
         ray.init(address=address, **kwargs)
     else:
         # "local": a new local instance, never one that another process started on this
@@ -166,7 +165,7 @@ def _run_stage(todo: list[dict], trainable, storage: Path, name: str, opts: RunO
     failed = {}
     for result in grid:
         if result.error is not None and result.config:
-            failed[result.config["trial"]["key"]] = str(result.error).strip().splitlines()[-1][:300]
+            failed[result.config["trial"]["key"]] = error_reason(str(result.error))
     return failed
 
 

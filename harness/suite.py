@@ -298,6 +298,7 @@ def load_suite(path: str | Path) -> Suite:
     except ValidationError as exc:
         fail(format_errors(exc, "", SuiteFile))
     fail(_config_errors(spec))
+    _resolve_data_paths(spec, path.resolve().parent)
     task_classes = _resolve_tasks(spec, fail)
     fail(_metric_errors(spec, task_classes))
     fail(_kind_errors(spec, task_classes))
@@ -307,6 +308,20 @@ def load_suite(path: str | Path) -> Suite:
     if len(set(spec.seeds)) != len(spec.seeds):
         fail([f"seeds: duplicate seeds in {spec.seeds}"])
     return Suite(path=path, spec=spec, task_classes=task_classes)
+
+
+def _resolve_data_paths(spec: SuiteFile, folder: Path) -> None:
+    """Relative ``files`` of ``source: files`` tasks are relative to the suite file's folder
+    (trials run in working directories of their own): made absolute here, in place."""
+    for task in spec.tasks:
+        files = task.params.get("files")
+        if task.params.get("source") != "files" or files is None:
+            continue
+        if isinstance(files, str):
+            task.params["files"] = str(folder / files)  # an absolute path stays itself
+        elif isinstance(files, dict):
+            task.params["files"] = {k: str(folder / v) if isinstance(v, str) else v
+                                    for k, v in files.items()}
 
 
 def _failer(path: Path):

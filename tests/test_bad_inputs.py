@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from mlflow.tracking import MlflowClient
 
 from harness import cli
+from harness import run_schema as rs
 from harness.cli import EXIT_BAD_INPUT, main
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -164,14 +166,19 @@ def test_malformed_data_file_line(tmp_path, capsys, monkeypatch):
             message
 
 
-def test_relative_data_path(tmp_path, capsys, monkeypatch):
-    """Trials run in their own working directory: a relative path would fail in every trial."""
+def test_relative_data_path_is_relative_to_the_suite_file(tmp_path, capsys, monkeypatch):
+    """Trials run in their own working directory: a relative path is resolved against the
+    suite file's folder, not the shell's working directory."""
     no_launch(monkeypatch)
-    write_pairs(tmp_path / "pairs.jsonl")
-    suite = with_task(text_task("pairs.jsonl"), ["bleu"])
-    assert suite_error(tmp_path, capsys, suite, "run") == (
-        "tasks[0].params.files: 'pairs.jsonl' is a relative path; trials run in their own "
-        f"working directory, so give an absolute one (here: {tmp_path / 'pairs.jsonl'})")
+    (tmp_path / "data").mkdir()
+    write_pairs(tmp_path / "data" / "pairs.jsonl")
+    monkeypatch.chdir(tmp_path / "data")  # where a path relative to the shell would look
+    suite = with_task(text_task("data/pairs.jsonl"), ["bleu"])
+    assert main(["validate", str(write_suite(tmp_path, suite))]) == cli.EXIT_OK
+    capsys.readouterr()
+    suite = with_task(text_task({"train": "pairs.jsonl"}), ["bleu"])
+    assert suite_error(tmp_path, capsys, suite) == (
+        f"tasks[0].params.files: {tmp_path / 'pairs.jsonl'}: file not found")
 
 
 def test_good_data_file_is_valid(tmp_path, capsys):
@@ -447,8 +454,19 @@ def test_corrupt_checkpoint_fails_the_trial_with_its_path(tmp_path):
     # the live view's final picture (its table may wrap a long path: compare without spaces)
     line = f"baseline|copy|s0 FAILED: RuntimeError: corrupt checkpoint {checkpoint}: "
     assert "".join(line.split()) in "".join(out.split()), out
-    assert "FAILED baseline|copy|s0: " in out  # the summary lines (their text: see the doc)
+    final = [line for line in out.splitlines() if line.startswith("FAILED baseline|copy|s0: ")]
+    assert final and f"corrupt checkpoint {checkpoint}: " in " ".join(final), out
     assert "corrupt: 0/1 trials finished, 1 failed" in out
+    # the run the killed attempt left RUNNING ends FAILED with the reason: table and report
+    client = MlflowClient(f"sqlite:///{work / 'runs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("corrupt")
+    (run,) = [r for r in client.search_runs([experiment.experiment_id])
+              if r.data.tags.get(rs.TAG_ROLE) == rs.ROLE_TRIAL]
+    assert run.info.status == "FAILED"
+    assert run.data.tags[rs.TAG_FAILURE].startswith(f"corrupt checkpoint {checkpoint}: ")
+    table = (work / "results" / "corrupt" / "table.md").read_text()
+    assert f"  - `baseline|copy|s0` (baseline, copy, seed 0): corrupt checkpoint {checkpoint}: " \
+        in table
 
 
 # ------------------------------------------------------------------ the outcome of a run
