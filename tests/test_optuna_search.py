@@ -374,6 +374,9 @@ def test_tune_then_ablate_end_to_end(tmp_path, monkeypatch, capsys):
     assert "Optuna search of 4 trials on valid.token_accuracy" in table
     csv = pd.read_csv(results / "table.csv")
     assert set(csv["hp.train.lr"]) == {best_lr}
+    # and so does the report
+    assert main(["report", str(path)]) == EXIT_OK
+    assert f"lr={format_value(best_lr)}" in (results / "report.html").read_text()
 
     # a second launch runs nothing: no new runs, no new study trials
     counts = (len(search_runs), len(runs_of(client, "tiny-search")))
