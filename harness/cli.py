@@ -122,10 +122,15 @@ def cmd_validate(args) -> int:
     if suite is None:
         return EXIT_BAD_INPUT
     trials = suite.trials()
+    combos = len(trials) // (len(suite.spec.seeds) * len(suite.spec.tasks))
+    search = ""
+    if suite.spec.search.kind == "optuna":
+        studies = combos * len(suite.spec.tasks)
+        search = (f", after {studies * suite.spec.search.trials} search trials ({studies} Optuna "
+                  f"studies x {suite.spec.search.trials} trials)")
     console.print(f"{escape(str(args.suite))}: valid — {len(trials)} trials "
-                  f"({len(trials) // (len(suite.spec.seeds) * len(suite.spec.tasks))} "
-                  f"variant combinations x {len(suite.spec.tasks)} tasks x "
-                  f"{len(suite.spec.seeds)} seeds)")
+                  f"({combos} variant combinations x {len(suite.spec.tasks)} tasks x "
+                  f"{len(suite.spec.seeds)} seeds){search}")
     return EXIT_OK
 
 

@@ -197,6 +197,12 @@ def test_example_suite_searches_per_cell_and_task():
     assert set(suite.spec.search.space) == {"train.lr", "model.hidden", "model.dropout.output"}
 
 
+def test_validate_counts_the_search_trials(capsys):
+    assert main(["validate", str(ROOT / "ablations" / "optuna_lr.yaml")]) == EXIT_OK
+    assert ("valid — 12 trials (2 variant combinations x 2 tasks x 3 seeds), after 48 search "
+            "trials (4 Optuna studies x 12 trials)") in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ space, values, tables
 
 
