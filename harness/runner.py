@@ -19,7 +19,7 @@ from pathlib import Path
 from harness import run_schema as rs
 from harness.progress import error_reason
 from harness.suite import Suite
-from harness.tracking import end_run, prepare_experiment, start_launch_run
+from harness.tracking import end_run, finished_trial_runs, prepare_experiment, start_launch_run
 from harness.trial import Runtime, tune_trainable
 
 
@@ -44,21 +44,8 @@ class RunOutcome:
 
 def finished_trial_keys(tracking_uri: str, experiment_id: str, suite: str) -> set[str]:
     """Keys of trials that already have a FINISHED run in MLflow."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    keys: set[str] = set()
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id], page_token=token, max_results=1000,
-            filter_string=(f"tags.`{rs.TAG_ROLE}` = '{rs.ROLE_TRIAL}' and "
-                           f"tags.`{rs.TAG_SUITE}` = '{suite}' and "
-                           "attributes.status = 'FINISHED'"))
-        keys.update(r.data.tags[rs.TAG_TRIAL_KEY] for r in page)
-        token = page.token
-        if not token:
-            return keys
+    return {run.data.tags[rs.TAG_TRIAL_KEY]
+            for run in finished_trial_runs(tracking_uri, experiment_id, suite)}
 
 
 def init_ray(address: str | None) -> None:

@@ -44,6 +44,7 @@ from typing import Any
 from harness import run_schema as rs
 from harness.config import flatten
 from harness.suite import Suite, evaluation_count, fingerprint, resolve_config
+from harness.tracking import finished_trial_runs
 from harness.trial import Runtime, tune_trainable
 
 _STRICT_CHECK = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
@@ -336,24 +337,11 @@ def expected_params(trial: dict[str, Any], paths: list[str]) -> dict[str, str]:
 def finished_tuned_keys(tracking_uri: str, experiment_id: str, suite: str,
                         trials: list[dict[str, Any]], paths: list[str]) -> set[str]:
     """Keys of ``trials`` whose latest FINISHED run logged the trial's searched values."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
     latest: dict[str, Any] = {}
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id], page_token=token, max_results=1000,
-            filter_string=(f"tags.`{rs.TAG_ROLE}` = '{rs.ROLE_TRIAL}' and "
-                           f"tags.`{rs.TAG_SUITE}` = '{suite}' and "
-                           "attributes.status = 'FINISHED'"))
-        for run in page:
-            key = run.data.tags[rs.TAG_TRIAL_KEY]
-            if key not in latest or (run.info.end_time or 0) > (latest[key].info.end_time or 0):
-                latest[key] = run
-        token = page.token
-        if not token:
-            break
+    for run in finished_trial_runs(tracking_uri, experiment_id, suite):
+        key = run.data.tags[rs.TAG_TRIAL_KEY]
+        if key not in latest or (run.info.end_time or 0) > (latest[key].info.end_time or 0):
+            latest[key] = run
     done = set()
     for trial in trials:
         run = latest.get(trial["key"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +220,19 @@ def load_trial_artifacts(tracking_uri: str | None, reference: str, default_suite
         raise TrackingError(f"trial '{key}' of suite '{suite}' has no saved model "
                             f"({type(exc).__name__}: {exc})") from exc
     return config, weights
+
+
+def finished_trial_runs(tracking_uri: str, experiment_id: str, suite: str) -> Iterator:
+    """Every FINISHED trial run of ``suite`` in the experiment (all pages of the search)."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], page_token=token, max_results=1000,
+            filter_string=(f"tags.`{rs.TAG_ROLE}` = '{rs.ROLE_TRIAL}' and "
+                           f"tags.`{rs.TAG_SUITE}` = '{suite}' and "
+                           "attributes.status = 'FINISHED'"))
+        yield from page
+        token = page.token
+        if not token:
+            return
