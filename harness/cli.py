@@ -7,6 +7,7 @@ Exit codes: 0 everything finished; 1 some trials failed (the rest of the suite c
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import subprocess
 import sys
@@ -29,6 +30,20 @@ def error(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
+def bounded_int(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high] (argparse prints the message, exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        if value < low or (high is not None and value > high):
+            span = f"from {low} to {high}" if high is not None else f"{low} or more"
+            raise argparse.ArgumentTypeError(f"{value} is out of range (allowed: {span})")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lstm-harness", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("suite", type=Path)
     with_store(run)
     run.add_argument("--address", help="join a Ray cluster (e.g. 'auto'); default: local Ray")
-    run.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
-    run.add_argument("--max-failures", type=int, default=2,
+    run.add_argument("--max-concurrent", type=bounded_int(1),
+                     help="at most this many trials at once")
+    run.add_argument("--max-failures", type=bounded_int(0), default=2,
                      help="retries of a crashed trial from its last checkpoint (default: 2)")
     run.add_argument("--no-progress", action="store_true", help="no live progress view")
 
@@ -66,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ui = sub.add_parser("ui", help="open the MLflow UI on 127.0.0.1")
     with_store(ui)
-    ui.add_argument("--port", type=int, default=5000)
-    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=bounded_int(1, 65535), default=5000)
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: "
+                    "127.0.0.1, this machine only; the UI has no login)")
     return parser
 
 
@@ -80,25 +97,40 @@ def main(argv: list[str] | None = None) -> int:
     return handler(args)
 
 
-def load(path: Path):
+def load(path: Path, check_data: bool = False):
+    """The validated suite, or None after printing why not. ``check_data``: also read the
+    tasks' local data files (``validate`` and ``run``; not needed to read results)."""
     from harness.suite import SuiteError, load_suite
 
     try:
-        return load_suite(path)
+        suite = load_suite(path)
     except SuiteError as exc:
         error(str(exc))
         return None
+    if check_data:
+        from harness.data_check import data_file_errors
+
+        problems = data_file_errors(suite)
+        if problems:
+            error("\n".join(f"{path}: {line}" for line in problems))
+            return None
+    return suite
 
 
 def cmd_validate(args) -> int:
-    suite = load(args.suite)
+    suite = load(args.suite, check_data=True)
     if suite is None:
         return EXIT_BAD_INPUT
     trials = suite.trials()
+    combos = len(trials) // (len(suite.spec.seeds) * len(suite.spec.tasks))
+    search = ""
+    if suite.spec.search.kind == "optuna":
+        studies = combos * len(suite.spec.tasks)
+        search = (f", after {studies * suite.spec.search.trials} search trials ({studies} Optuna "
+                  f"studies x {suite.spec.search.trials} trials)")
     console.print(f"{escape(str(args.suite))}: valid — {len(trials)} trials "
-                  f"({len(trials) // (len(suite.spec.seeds) * len(suite.spec.tasks))} "
-                  f"variant combinations x {len(suite.spec.tasks)} tasks x "
-                  f"{len(suite.spec.seeds)} seeds)")
+                  f"({combos} variant combinations x {len(suite.spec.tasks)} tasks x "
+                  f"{len(suite.spec.seeds)} seeds){search}")
     return EXIT_OK
 
 
@@ -106,12 +138,24 @@ def cmd_run(args) -> int:
     from harness.provenance import git_commit
     from harness.results import write_results
     from harness.runner import RunOptions, run_suite
-    from harness.tracking import TrackingError, resolve_tracking_uri
+    from harness.tracking import TrackingError, check_store, resolve_tracking_uri, writable_problem
 
-    suite = load(args.suite)
+    suite = load(args.suite, check_data=True)
     if suite is None:
         return EXIT_BAD_INPUT
     uri = resolve_tracking_uri(args.tracking_uri, args.runs_dir)
+    # checked before anything is created or started: nothing is launched on bad input
+    try:
+        check_store(uri)
+    except TrackingError as exc:
+        return error(str(exc))
+    problem = writable_problem(args.runs_dir)
+    if problem:
+        return error(f"--runs-dir {args.runs_dir} (Ray's trial storage) cannot be written: "
+                     f"{problem}")
+    problem = cluster_problem(args.address)
+    if problem:
+        return error(problem)
     command = args.invocation
     commit = git_commit(Path.cwd())  # the code that runs: HEAD at launch, not at the end
     opts = RunOptions(tracking_uri=uri, runs_dir=args.runs_dir, address=args.address,
@@ -123,17 +167,40 @@ def cmd_run(args) -> int:
         return error(str(exc))
     except ConnectionError as exc:
         return error(f"cannot reach the Ray cluster at {args.address!r}: {exc}")
+    # trials Tune lost without an error of their own (an actor that died before it ran)
+    lost = outcome.total - outcome.finished - len(outcome.failed)
     summary = (f"{outcome.finished}/{outcome.total} trials finished"
                + (f" ({outcome.skipped} from earlier launches)" if outcome.skipped else "")
-               + (f", {len(outcome.failed)} failed" if outcome.failed else ""))
+               + (f", {len(outcome.failed)} failed" if outcome.failed else "")
+               + (f", {lost} did not finish (no reason recorded: see Ray's messages above)"
+                  if lost > 0 else ""))
     out_dir = args.results_dir / suite.name
     written = write_results(suite, uri, out_dir, command=command, summary=summary,
                             commit=commit)
     for key, reason in sorted(outcome.failed.items()):
-        console.print(f"[red]FAILED[/] {key}: {reason}")
+        console.print(f"[red]FAILED[/] {escape(key)}: {escape(reason)}")
     table = next((p for p in written if p.name == "table.md"), out_dir)
-    console.print(f"[bold]{suite.name}[/]: {summary}; table: {table}")
-    return EXIT_TRIALS_FAILED if outcome.failed else EXIT_OK
+    console.print(f"[bold]{escape(suite.name)}[/]: {escape(summary)}; table: "
+                  f"{escape(str(table))}")
+    return EXIT_TRIALS_FAILED if outcome.failed or lost > 0 else EXIT_OK
+
+
+def cluster_problem(address: str | None) -> str | None:
+    """Why ``--address`` (without it, ``$RAY_ADDRESS``, which ``ray.init`` reads then) leads
+    to no Ray cluster (None: it does, or neither is set). A quick TCP check: ``ray.init``
+    itself retries for minutes on an address where nothing listens."""
+    from harness.endpoints import ray_address_problem
+
+    source = "--address"
+    if address is None and os.environ.get("RAY_ADDRESS"):
+        address, source = os.environ["RAY_ADDRESS"], "$RAY_ADDRESS"
+    problem = ray_address_problem(address)
+    if problem is None:
+        return None
+    return (f"cannot reach the Ray cluster at {source} {address!r}: {problem}. Start its head "
+            "with `ray start --head` and pass the address it prints (host:port, or auto on "
+            "the head itself), or leave --address out (and $RAY_ADDRESS unset) to run on this "
+            "machine.")
 
 
 def cmd_table(args) -> int:
@@ -197,13 +264,37 @@ def type_name(annotation) -> str:
     return str(annotation).replace("typing.", "").replace("NoneType", "None")
 
 
+def ui_command(uri: str, host: str, port: int) -> list[str]:
+    """The MLflow UI command line (the interpreter's own mlflow, not whichever is on PATH)."""
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+            "--host", host, "--port", str(port)]
+
+
 def cmd_ui(args) -> int:
-    from harness.tracking import resolve_tracking_uri
+    from harness.endpoints import is_loopback, port_problem
+    from harness.tracking import TrackingError, check_store, resolve_tracking_uri, sqlite_path
 
     uri = resolve_tracking_uri(args.tracking_uri, args.runs_dir)
+    try:
+        check_store(uri, absolute=False)  # the UI runs in this working directory
+    except TrackingError as exc:
+        return error(str(exc))
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        return error(f"no MLflow database at {db} (run a suite first, or pass --runs-dir / "
+                     "--tracking-uri)")
+    problem = port_problem(args.host, args.port)
+    if problem:
+        return error(f"cannot start the MLflow UI: {problem}; pick another port with --port "
+                     "(or another --host)")
+    if not is_loopback(args.host):
+        console.print(f"[yellow]warning:[/] the MLflow UI listens on {escape(args.host)}: other "
+                      "machines can reach it, and it has no login")
     console.print(f"MLflow UI on http://{args.host}:{args.port} (store {uri})")
-    return subprocess.call(["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-                            "--port", str(args.port)])
+    try:
+        return subprocess.call(ui_command(uri, args.host, args.port))
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 if __name__ == "__main__":

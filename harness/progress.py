@@ -3,12 +3,53 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from ray.tune import Callback
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
+
+REASON_CHARS = 300
+
+
+NO_REASON = "error (no reason recorded)"
+
+
+def error_reason(text: str) -> str:
+    """The first line of the final exception in an error text: a Python or Ray traceback, or
+    Tune's error file (one ``Failure # n`` block per failure: the last one counts). The first
+    line, not the last: a message may go on over several lines (torch's refusal of a
+    checkpoint ends with a line about its documentation)."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    blocks = [i for i, line in enumerate(lines) if line.startswith("Failure # ")]
+    if blocks:
+        lines = lines[blocks[-1] + 1:]
+    frames = [i for i, line in enumerate(lines) if line.startswith(" ")
+              and line.lstrip().startswith('File "')]
+    if frames:  # the exception's own line follows the last frame's indented source lines
+        for line in lines[frames[-1] + 1:]:
+            if line.strip() and not line[0].isspace():
+                return line.strip()[:REASON_CHARS]
+    shown = [line.strip() for line in lines if line.strip()]
+    return shown[-1][:REASON_CHARS] if shown else NO_REASON
+
+
+def failure_reason(trial) -> str:
+    """Why a Tune trial failed (see :func:`error_reason`). Tune writes each failure's text to
+    the trial's error file in the driver's staging folder before it calls the callbacks (the
+    copy in the trial's storage, which ``Trial.get_error`` reads, comes later)."""
+    text = None
+    try:
+        local = getattr(trial, "error_file", None)
+        if local and Path(local).is_file():
+            text = Path(local).read_text(errors="replace")
+        elif callable(getattr(trial, "get_error", None)):
+            text = trial.get_error()
+    except Exception:  # storage gone or unreadable: say so, do not break the view
+        text = None
+    return error_reason(str(text)) if text else NO_REASON
 
 
 def format_elapsed(seconds: float) -> str:
@@ -73,12 +114,12 @@ class ProgressView(Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         key = self.key(trial)
         self.running.pop(key, None)
-        reason = getattr(trial, "error_msg", None) or "error"
-        self.failed[key] = str(reason).strip().splitlines()[-1][:200]
+        self.failed[key] = failure_reason(trial)
         self.refresh()
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
-        self.running[self.key(trial)] = "retrying from its last checkpoint"
+        self.running[self.key(trial)] = (f"retrying from its last checkpoint after: "
+                                         f"{failure_reason(trial)}")
         self.refresh()
 
     def on_experiment_end(self, trials, **info) -> None:
@@ -106,7 +147,8 @@ class ProgressView(Callback):
         for key, line in sorted(self.running.items()):
             table.add_row(Text(key, "cyan"), line)
         for key, reason in sorted(self.failed.items()):
-            table.add_row(Text(key, "red"), f"FAILED: {reason}")
+            # fold, not ellipsis: a path in the reason stays whole, over several lines
+            table.add_row(Text(key, "red"), Text(f"FAILED: {reason}", overflow="fold"))
         return Group(head, table)
 
     def refresh(self) -> None:

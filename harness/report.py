@@ -405,8 +405,9 @@ def render_report(suite: Suite, tracking_uri: str, command: str, commit: str | N
     Raises :class:`ReportError` when the store holds no trial run of the suite.
     """
     _check_store(tracking_uri)
+    layout = layout_for(suite)
     try:
-        finished, failed = load_trial_runs(tracking_uri, suite.name)
+        finished, failed = load_trial_runs(tracking_uri, suite.name, layout.hyperparameters)
     except Exception as exc:  # the store's own exception types vary by backend
         raise ReportError(f"MLflow store {tracking_uri} cannot be read: "
                           f"{type(exc).__name__}: {exc}") from exc
@@ -414,7 +415,6 @@ def render_report(suite: Suite, tracking_uri: str, command: str, commit: str | N
         raise ReportError(f"no trial runs of suite '{suite.name}' in the MLflow store "
                           f"{tracking_uri} (run `lstm-harness run {suite.path}` first, or pass "
                           "the --runs-dir / --tracking-uri it ran with)")
-    layout = layout_for(suite)
     caption = f"{suite.name}: {suite.spec.description}".rstrip(": ")
     table = build_table(finished, layout, failed, caption=caption)
     row_of = _row_of(finished, table)

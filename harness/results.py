@@ -13,11 +13,18 @@ from harness.tables import TableLayout, build_table, load_trial_runs, write_tabl
 
 def layout_for(suite: Suite) -> TableLayout:
     spec = suite.spec
+    searched, note = [], ""
+    if spec.search.kind == "optuna":
+        searched = list(spec.search.space)
+        note = (f"Hyperparameters per row (and task): the best of an Optuna search of "
+                f"{spec.search.trials} trials on valid.{suite.search_metric()} "
+                f"(seed {spec.search.seed}), re-run over the seeds:")
     return TableLayout(
         axes={axis: list(variants) for axis, variants in spec.axes.items()},
         tasks=suite.task_labels(), metrics=list(spec.metrics), directions=suite.directions(),
         rows=suite.row_axes(), columns=spec.table.columns,
-        baseline=suite.baseline() if suite.row_axes() else None, alpha=spec.table.alpha)
+        baseline=suite.baseline() if suite.row_axes() else None, alpha=spec.table.alpha,
+        hyperparameters=searched, search_note=note)
 
 
 def write_results(suite: Suite, tracking_uri: str, out_dir: Path, command: str,
@@ -27,7 +34,7 @@ def write_results(suite: Suite, tracking_uri: str, out_dir: Path, command: str,
     ``commit``: the git commit the trials ran (default: HEAD now)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     layout = layout_for(suite)
-    finished, failed = load_trial_runs(tracking_uri, suite.name)
+    finished, failed = load_trial_runs(tracking_uri, suite.name, layout.hyperparameters)
     caption = f"{suite.name}: {suite.spec.description}".rstrip(": ")
     written = write_table(build_table(finished, layout, failed, caption=caption), out_dir)
     if len(finished):

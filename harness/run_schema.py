@@ -15,6 +15,9 @@ TAG_SEED = "harness.seed"
 TAG_VARIANT_PREFIX = "harness.variant."  # + axis name -> variant name
 TAG_FAILURE = "harness.failure"  # reason a trial failed, when it did
 TAG_DIAGNOSTICS = "harness.diagnostics"  # the monitor's unhealthy-gate flags at the end, "; "
+TAG_NODE = "harness.node_id"  # Ray node id of the trial's last attempt (absent outside Ray)
+TAG_HOST = "harness.hostname"  # host name of the machine that ran the last attempt
+TAG_RESUMED_FROM = "harness.resumed_from"  # steps retries resumed from, "," in order (e.g. "40")
 TAG_PARENT = "mlflow.parentRunId"
 
 ROLE_LAUNCH = "launch"

@@ -1,4 +1,6 @@
-"""Ray Tune runs a suite's grid: one trial per (variants, task, seed), resumable.
+"""Ray Tune runs a suite's grid: one trial per (variants, task, seed), resumable. A suite with
+``search: {kind: optuna}`` first searches each (variants, task), then runs the grid with the
+best configurations (:func:`_run_optuna_suite`, :mod:`harness.search`).
 
 Resuming has two layers. Within one grid (same fingerprint), ``Tuner.restore`` continues the
 experiment: finished trials stay finished and interrupted ones restart from their last
@@ -15,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import run_schema as rs
+from harness.progress import error_reason
 from harness.suite import Suite
-from harness.tracking import end_run, prepare_experiment, start_launch_run
+from harness.tracking import end_run, finished_trial_runs, prepare_experiment, start_launch_run
 from harness.trial import Runtime, tune_trainable
 
 
@@ -41,21 +44,8 @@ class RunOutcome:
 
 def finished_trial_keys(tracking_uri: str, experiment_id: str, suite: str) -> set[str]:
     """Keys of trials that already have a FINISHED run in MLflow."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    keys: set[str] = set()
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id], page_token=token, max_results=1000,
-            filter_string=(f"tags.`{rs.TAG_ROLE}` = '{rs.ROLE_TRIAL}' and "
-                           f"tags.`{rs.TAG_SUITE}` = '{suite}' and "
-                           "attributes.status = 'FINISHED'"))
-        keys.update(r.data.tags[rs.TAG_TRIAL_KEY] for r in page)
-        token = page.token
-        if not token:
-            return keys
+    return {run.data.tags[rs.TAG_TRIAL_KEY]
+            for run in finished_trial_runs(tracking_uri, experiment_id, suite)}
 
 
 def init_ray(address: str | None) -> None:
@@ -66,10 +56,13 @@ def init_ray(address: str | None) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     kwargs = {"log_to_driver": False, "logging_level": logging.ERROR,
               "configure_logging": True}
+    address = address or os.environ.get("RAY_ADDRESS")  # `ray job submit` sets it
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(include_dashboard=False, **kwargs)
+        # "local": a new local instance, never one that another process started on this
+        # machine (ray.init() without an address joins the last cluster `ray start` made)
+        ray.init(address="local", include_dashboard=False, **kwargs)
 
 
 def dirname_for(trial) -> str:
@@ -84,6 +77,8 @@ def run_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
 
     from harness.progress import ProgressView
 
+    if suite.spec.search.kind == "optuna":
+        return _run_optuna_suite(suite, opts)
     artifact_dir = opts.runs_dir / "mlartifacts"
     experiment_id = prepare_experiment(opts.tracking_uri, suite.name, artifact_dir)
     trials = suite.trials()
@@ -157,5 +152,108 @@ def _run_stage(todo: list[dict], trainable, storage: Path, name: str, opts: RunO
     failed = {}
     for result in grid:
         if result.error is not None and result.config:
-            failed[result.config["trial"]["key"]] = str(result.error).strip().splitlines()[-1][:300]
+            failed[result.config["trial"]["key"]] = error_reason(str(result.error))
     return failed
+
+
+def _run_optuna_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
+    """Search every (variant combination, task) whose study is short of ``search.trials``,
+    then run the suite's trials with each study's best values (tune, then ablate)."""
+    from ray import tune
+    from rich.console import Console
+
+    from harness import search as sr
+    from harness.progress import ProgressView
+    from harness.search_space import describe
+    from harness.suite import fingerprint
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    spec = suite.spec.search
+    artifact_dir = opts.runs_dir / "mlartifacts"
+    experiment_id = prepare_experiment(opts.tracking_uri, suite.name, artifact_dir)
+    search_experiment_id = prepare_experiment(
+        opts.tracking_uri, sr.search_experiment(suite.name), artifact_dir)
+    url = sr.storage_url(opts.runs_dir, suite.name)
+    (opts.runs_dir / "optuna").mkdir(parents=True, exist_ok=True)
+    storage = (opts.runs_dir / "ray").resolve()
+    targets = sr.targets(suite)
+    studies = {t.label: sr.study_name(suite, t) for t in targets}
+    for name in studies.values():
+        sr.close_running(url, name)  # left by a killed launch
+    states = {label: sr.study_state(url, name) for label, name in studies.items()}
+    todo = [t for t in targets if states[t.label].counted < spec.trials]
+    trials = suite.trials()
+    paths = list(spec.space)
+
+    def tuned() -> tuple[list[dict], set[str]]:
+        best = {label: s.best for label, s in states.items() if s.best is not None}
+        rows = sr.tuned_trials(trials, best, studies)
+        done = sr.finished_tuned_keys(opts.tracking_uri, experiment_id, suite.name, rows,
+                                      paths)
+        return rows, done
+
+    rows, done_before = tuned()
+    if not todo and len(done_before) == len(trials):
+        return RunOutcome(total=len(trials), skipped=len(trials), finished=len(trials),
+                          failed={})
+
+    init_ray(opts.address)
+    parent = start_launch_run(opts.tracking_uri, experiment_id, suite.name, opts.command)
+    resources = {"cpu": suite.spec.resources.cpu, "gpu": suite.spec.resources.gpu}
+    status = "FAILED"
+    failed: dict[str, str] = {}
+    search_failures: dict[str, list[str]] = {}
+    concurrent = min(spec.max_concurrent, opts.max_concurrent or spec.max_concurrent)
+    try:
+        for target in todo:
+            state = states[target.label]
+            remaining = spec.trials - state.counted
+            console.print(f"search {target.label}: {remaining} of {spec.trials} trials to run "
+                          f"({concurrent} at once), study '{studies[target.label]}' in {url}")
+            runtime = Runtime(opts.tracking_uri, search_experiment_id, None,
+                              cpus=resources["cpu"], gpus=resources["gpu"])
+            callbacks = []
+            if opts.show_progress:
+                callbacks = [sr.search_progress_class()(
+                    f"{suite.name} search {target.label}", total=remaining)]
+            run = sr.SearchRun(url, storage, runtime, concurrent, opts.max_failures,
+                               callbacks, launch=parent[:8])
+            errors = sr.run_search(suite, target, remaining, run)
+            search_failures[target.label] = errors
+            states[target.label] = sr.study_state(url, studies[target.label])
+            if errors:
+                console.print(f"search {target.label}: {len(errors)} of {remaining} trials "
+                              f"failed (failed trials do not count: the next launch runs "
+                              f"as many again); last: "
+                              f"{errors[-1]}")
+        for label, state in states.items():
+            if state.best is None:
+                reasons = search_failures.get(label) or ["no trial completed"]
+                for trial in trials:
+                    if sr.target_label(trial) == label:
+                        failed[trial["key"]] = f"search found no configuration: {reasons[-1]}"
+            elif label in search_failures:
+                console.print(f"search {label}: best valid.{suite.search_metric()} "
+                              f"{state.value:.4g} with {describe(state.best, paths)}")
+        rows, done_before = tuned()
+        pending = [t for t in rows if t["key"] not in done_before]
+        skipped = len(rows) - len(pending)
+        if pending:
+            runtime = Runtime(opts.tracking_uri, experiment_id, parent,
+                              cpus=resources["cpu"], gpus=resources["gpu"])
+            trainable = tune.with_resources(
+                tune.with_parameters(tune_trainable, runtime=runtime), resources)
+            progress = ProgressView(suite.name, total=len(rows), already_done=skipped)
+            try:
+                failed.update(_run_stage(
+                    pending, trainable, storage, f"{suite.name}-{fingerprint(rows)}", opts,
+                    [progress] if opts.show_progress else [], progress))
+            finally:
+                progress.stop()
+        status = "FINISHED"
+    finally:
+        end_run(opts.tracking_uri, parent, status)
+    now_done = sr.finished_tuned_keys(opts.tracking_uri, experiment_id, suite.name, rows, paths)
+    return RunOutcome(total=len(trials), skipped=len(done_before & {t["key"] for t in rows}),
+                      finished=len(now_done),
+                      failed={k: v for k, v in failed.items() if k not in now_done})

@@ -21,10 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.config import TrialConfig, set_dotted
 from harness.registry import TaskLookupError, load_task_class
+from harness.search_space import Distribution, parse_distribution
 from harness.training.losses import SEQUENCE_LOSSES
 from tasks.base import TaskBase
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+VALID = "valid."
 
 
 class SuiteError(Exception):
@@ -53,8 +55,33 @@ class Resources(Strict):
     gpu: float = Field(0.0, ge=0)
 
 
+class AshaSpec(Strict):
+    """Asynchronous successive halving (Li et al. 2020) over a search's trials: at
+    ``grace_period``, ``grace_period * reduction_factor``, ... validation evaluations, a trial
+    continues only if it is in the top ``1 / reduction_factor`` of the trials at that rung."""
+
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+
+
 class SearchSpec(Strict):
-    kind: Literal["grid"] = "grid"
+    """``grid`` (default): every combination of the axes' variants. ``optuna``: for each
+    (variant combination, task), an Optuna search over ``space`` on the validation ``metric``
+    (``trials`` trials, ``max_concurrent`` at once, training seed ``seed``), then the best
+    configuration re-run over the suite's ``seeds`` for the table (see harness/search.py)."""
+
+    kind: Literal["grid", "optuna"] = "grid"
+    metric: str | None = Field(None, description="a metric of every task, optionally "
+                               "prefixed 'valid.'; default: the suite's first metric")
+    trials: int = Field(10, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    seed: int = 0
+    asha: AshaSpec | None = None
+    space: dict[str, Any] = Field(default_factory=dict)
+
+    def distributions(self) -> dict[str, Distribution]:
+        """The space as parsed distributions (the suite was validated)."""
+        return {path: parse_distribution(raw) for path, raw in self.space.items()}
 
 
 class SuiteFile(Strict):
@@ -108,6 +135,11 @@ class Suite:
                 out.setdefault(metric, cls.direction(metric))
         return out
 
+    def search_metric(self) -> str:
+        """The metric an Optuna search optimises on the validation split (without the
+        ``valid.`` prefix): ``search.metric``, else the suite's first metric."""
+        return (self.spec.search.metric or self.spec.metrics[0]).removeprefix(VALID)
+
     def trials(self) -> list[dict[str, Any]]:
         """Every trial as a JSON-serialisable dict: key, variants, task, seed, config."""
         axes = self.spec.axes
@@ -153,8 +185,13 @@ class Suite:
 
     def fingerprint(self) -> str:
         """A short hash of everything that defines the trials (changes when the grid does)."""
-        text = json.dumps(self.trials(), sort_keys=True, default=str)
-        return hashlib.sha1(text.encode()).hexdigest()[:8]
+        return fingerprint(self.trials())
+
+
+def fingerprint(value: Any) -> str:
+    """A short hash of a JSON-serialisable value (trial lists, search settings)."""
+    text = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
 def task_label(task: TaskSpec) -> str:
@@ -261,14 +298,30 @@ def load_suite(path: str | Path) -> Suite:
     except ValidationError as exc:
         fail(format_errors(exc, "", SuiteFile))
     fail(_config_errors(spec))
+    _resolve_data_paths(spec, path.resolve().parent)
     task_classes = _resolve_tasks(spec, fail)
     fail(_metric_errors(spec, task_classes))
     fail(_kind_errors(spec, task_classes))
     fail(_init_from_errors(spec))
     fail(_table_errors(spec))
+    fail(search_errors(spec, task_classes))
     if len(set(spec.seeds)) != len(spec.seeds):
         fail([f"seeds: duplicate seeds in {spec.seeds}"])
     return Suite(path=path, spec=spec, task_classes=task_classes)
+
+
+def _resolve_data_paths(spec: SuiteFile, folder: Path) -> None:
+    """Relative ``files`` of ``source: files`` tasks are relative to the suite file's folder
+    (trials run in working directories of their own): made absolute here, in place."""
+    for task in spec.tasks:
+        files = task.params.get("files")
+        if task.params.get("source") != "files" or files is None:
+            continue
+        if isinstance(files, str):
+            task.params["files"] = str(folder / files)  # an absolute path stays itself
+        elif isinstance(files, dict):
+            task.params["files"] = {k: str(folder / v) if isinstance(v, str) else v
+                                    for k, v in files.items()}
 
 
 def _failer(path: Path):
@@ -439,3 +492,125 @@ def _table_errors(spec: SuiteFile) -> list[str]:
             lines.append(f"table.baseline: unknown variant '{variant}' of axis '{axis}'; "
                          f"variants: {', '.join(axes[axis])}")
     return lines
+
+
+# ----------------------------------------------------------------------------- search
+
+
+def search_errors(spec: SuiteFile, task_classes: dict[str, type[TaskBase]]) -> list[str]:
+    """``search``: grid takes no settings; optuna needs a space of real config paths with
+    valid distributions, a validation metric of every task, and no ``train.init_from``."""
+    search = spec.search
+    if search.kind == "grid":
+        given = sorted(search.model_fields_set - {"kind"})
+        return [f"search: {', '.join(given)} only with kind: optuna (kind grid, the default, "
+                "runs every combination of the axes' variants)"] if given else []
+    lines = _metric_search_errors(spec, task_classes)
+    if not search.space:
+        lines.append("search.space: an optuna search needs at least one setting to search, "
+                     "e.g. train.lr: {loguniform: [1.0e-4, 1.0e-2]}")
+    configs = list(combo_configs(spec))
+    for path, raw in search.space.items():
+        where = f"search.space.{path}"
+        problem = _path_error(path)
+        if problem is None:
+            try:
+                dist = parse_distribution(raw)
+            except ValueError as exc:
+                problem = str(exc)
+        if problem is None:
+            problem = _override_clash(spec, path) or _value_error(dist, path, configs)
+        if problem is not None:
+            lines.append(f"{where}: {problem}")
+    for _, where, config in configs:
+        if config["train"]["init_from"]:
+            lines.append(f"{where}: train.init_from cannot be combined with search kind "
+                         "optuna (each search trains from scratch)")
+            break
+    if search.asha is not None and not lines:
+        lines += _asha_errors(spec, configs)
+    return lines
+
+
+def _metric_search_errors(spec: SuiteFile, task_classes: dict[str, type[TaskBase]]
+                          ) -> list[str]:
+    metric = spec.search.metric or spec.metrics[0]
+    if metric.startswith("test."):
+        return [f"search.metric: '{metric}': a search tunes on the validation split; name "
+                f"'{metric.removeprefix('test.')}' or 'valid.{metric.removeprefix('test.')}'"]
+    name = metric.removeprefix(VALID)
+    for label, cls in task_classes.items():
+        if name not in cls.metric_names():
+            return [f"search.metric: task '{label}' does not report '{name}'; it reports: "
+                    f"{', '.join(cls.metric_names())}"]
+    return []
+
+
+def _path_error(path: str) -> str | None:
+    """Why ``path`` is not a field of the trial config (None: it is one)."""
+    node: Any = TrialConfig
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        fields = node.model_fields
+        if part not in fields:
+            section = ".".join(parts[:i]) or "the trial config"
+            return f"unknown config field '{part}' in {section}; allowed: {', '.join(fields)}"
+        annotation = fields[part].annotation
+        node = annotation if isinstance(annotation, type) and issubclass(
+            annotation, BaseModel) else _model_in(annotation)
+        if node is None and i < len(parts) - 1:
+            return f"'{'.'.join(parts[:i + 1])}' is a single setting, it has no field " \
+                   f"'{parts[i + 1]}'"
+    if node is not None:
+        return (f"'{path}' is a section; search one of its settings: "
+                f"{', '.join(f'{path}.{f}' for f in node.model_fields)}")
+    return None
+
+
+def _override_clash(spec: SuiteFile, path: str) -> str | None:
+    """A variant that sets ``path`` (or a setting inside or around it) clashes with the
+    search, which would override it."""
+    for axis, variants in spec.axes.items():
+        for name, over in variants.items():
+            for key in over or {}:
+                if key == path or key.startswith(f"{path}.") or path.startswith(f"{key}."):
+                    return (f"variant axes.{axis}.{name} sets {key}, which the search would "
+                            "override; search it or vary it on an axis, not both")
+    return None
+
+
+def _value_error(dist: Distribution, path: str,
+                 configs: list[tuple[tuple[str, ...], str, dict[str, Any]]]) -> str | None:
+    """The first candidate value (bound or choice) the trial config refuses."""
+    for value in dist.candidates():
+        for _, where, config in configs:
+            try:
+                resolve_config(config, [{path: value}])
+            except ValidationError as exc:
+                why = "; ".join(format_errors(exc, "", TrialConfig))
+                with_ = f" with {where}" if where != "base" else ""
+                return f"{dist.kind} value {value!r} is refused{with_}: {why}"
+    return None
+
+
+def _asha_errors(spec: SuiteFile,
+                 configs: list[tuple[tuple[str, ...], str, dict[str, Any]]]) -> list[str]:
+    """ASHA counts validation evaluations: the space must not change how many there are, and
+    the grace period must leave room for a rung."""
+    for path in ("train.steps", "train.eval_every"):
+        if path in spec.search.space:
+            return [f"search.asha: ASHA compares trials after equal numbers of evaluations; "
+                    f"searching {path} changes that number: drop asha or the {path} search"]
+    grace = spec.search.asha.grace_period
+    for _, where, config in configs:
+        evaluations = evaluation_count(config)
+        if grace >= evaluations:
+            return [f"search.asha.grace_period: {grace}, but {where} trains with "
+                    f"{evaluations} validation evaluations (train.steps / train.eval_every); "
+                    "ASHA needs grace_period below that"]
+    return []
+
+
+def evaluation_count(config: dict[str, Any]) -> int:
+    """Validation evaluations of a trial: every ``eval_every`` steps and at the last step."""
+    return -(-config["train"]["steps"] // config["train"]["eval_every"])

@@ -13,6 +13,10 @@ mean ended inside its healthy range) over those that logged it; ``grad anomalies
 ``diag.grad_anomalies`` (steps flagged as gradient-norm anomalies); ``top eig.`` = mean of
 ``diag.top_eigenvalue`` (last estimate of the top Hessian eigenvalue).
 
+Hyperparameters (suites with ``search: {kind: optuna}``): the layout names the searched config
+paths; a note per row lists the values the row's finished trials ran with, per task (read from
+the runs' MLflow params, so a row whose seeds ran different values shows each set).
+
 Statistics per cell, over the n seeds ``x_1..x_n`` of the matching trials:
 
 * mean ``m = sum(x_i) / n``;
@@ -44,6 +48,7 @@ from mlflow.tracking import MlflowClient
 from scipy import stats
 
 from harness import run_schema as rs
+from harness.search_space import describe
 
 __all__ = [
     "Cell",
@@ -59,6 +64,8 @@ EMPTY = "—"
 DAGGER = "†"
 VARIANT_COL = "variant."  # + axis name: column of the runs frame holding the variant name
 METRIC_COL = "metrics."  # + metric key (e.g. "test.exact_match", "cost.params")
+PARAM_COL = "params."  # + dotted config path: a searched hyperparameter, as MLflow logged it
+HP_COL = "hp."  # + dotted config path: CSV column of the row's searched values for the task
 _BASE_COLUMNS = ["run_id", "trial_key", "task", "seed", "end_time"]
 _FAILED_COLUMNS = [*_BASE_COLUMNS, "failure"]
 _PAGE = 1000
@@ -86,6 +93,8 @@ class TableLayout:
     columns: str | None = None
     baseline: dict[str, str] | None = None
     alpha: float = 0.05
+    hyperparameters: list[str] = field(default_factory=list)  # searched config paths
+    search_note: str = ""  # how they were chosen (the notes' heading for them)
 
     def __post_init__(self) -> None:
         for metric in self.metrics:
@@ -145,13 +154,15 @@ def _empty(columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="int64" if c == "seed" else object) for c in columns})
 
 
-def load_trial_runs(tracking_uri: str, suite: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_trial_runs(tracking_uri: str, suite: str, params: Sequence[str] = ()
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Trial runs of ``suite`` as ``(finished, failed)`` frames.
 
     ``finished``: the latest FINISHED run (by end time) per ``harness.trial_key``, with columns
     ``run_id, trial_key, task, seed, variant.<axis>..., end_time, metrics.<key>...`` (last logged
-    value of each metric). ``failed``: trial keys without any FINISHED run but with a FAILED
-    one (latest per key), same identification columns plus ``failure`` (the
+    value of each metric), and ``params.<path>`` for each of ``params`` (the logged value, a
+    string; NaN where a run lacks it). ``failed``: trial keys without any FINISHED run but
+    with a FAILED one (latest per key), same identification columns plus ``failure`` (the
     ``harness.failure`` tag, "" when absent). Both are empty if the experiment does not exist.
     """
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -189,6 +200,8 @@ def load_trial_runs(tracking_uri: str, suite: str) -> tuple[pd.DataFrame, pd.Dat
                     record[VARIANT_COL + tag[len(rs.TAG_VARIANT_PREFIX) :]] = value
             for key, value in run.data.metrics.items():
                 record[METRIC_COL + key] = value
+            for key in params:
+                record[PARAM_COL + key] = run.data.params.get(key)
             records.append(record)
         token = page.token
         if not token:
@@ -200,10 +213,11 @@ def load_trial_runs(tracking_uri: str, suite: str) -> tuple[pd.DataFrame, pd.Dat
     frame = frame.sort_values(["end_time", "_start", "run_id"], kind="stable")
     variant_cols = sorted(c for c in frame.columns if c.startswith(VARIANT_COL))
     metric_cols = sorted(c for c in frame.columns if c.startswith(METRIC_COL))
+    param_cols = [PARAM_COL + key for key in params]
     ident = ["run_id", "trial_key", "task", "seed", *variant_cols, "end_time"]
 
     done = frame[frame["_status"] == "FINISHED"].drop_duplicates("trial_key", keep="last")
-    finished = done[ident + metric_cols].reset_index(drop=True)
+    finished = done[ident + param_cols + metric_cols].reset_index(drop=True)
 
     bad = frame[(frame["_status"] == "FAILED") & ~frame["trial_key"].isin(done["trial_key"])]
     failed = bad.drop_duplicates("trial_key", keep="last")[[*ident, "failure"]]
@@ -295,6 +309,19 @@ class Table:
     references: dict[str, dict[Column, float]] = field(default_factory=dict)
     diag_keys: list[str] = field(default_factory=list)
     diagnostics: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    hyperparameters: dict[str, dict[str, list[dict[str, str]]]] = field(default_factory=dict)
+
+    def hyperparameter_text(self, row: str) -> str:
+        """``lr=0.0031, hidden=128`` (one task) or ``copy: lr=...; reverse: lr=...``: the
+        searched values the row's finished trials ran with (distinct sets joined by " or ")."""
+        per_task = self.hyperparameters.get(row, {})
+        paths = self.layout.hyperparameters
+        parts = []
+        for task, sets in per_task.items():
+            text = " or ".join(describe({p: _parse_param(v) for p, v in values.items()}, paths)
+                              for values in sets)
+            parts.append(text if len(self.layout.tasks) == 1 else f"{task}: {text}")
+        return "; ".join(parts)
 
     def diag_values(self, row: str, key: str) -> list[float]:
         """The final ``key`` (a ``diag.*`` metric) of each of the row's finished trials that
@@ -348,6 +375,10 @@ class Table:
                     line[key] = self.diag_mean(row, key)
                     if key == rs.DIAG_FORGET_HEALTHY:
                         line[key + ".n"] = len(self.diag_values(row, key))
+                sets = self.hyperparameters.get(row, {}).get(column[0], [])
+                for path in self.layout.hyperparameters:
+                    line[HP_COL + path] = " | ".join(
+                        dict.fromkeys(v[path] for v in sets if path in v))
                 lines.append(line)
         for row, values in self.references.items():
             for column, value in values.items():
@@ -360,6 +391,7 @@ class Table:
         names += [VARIANT_COL + axis for axis in self.layout.row_axes] + self.cost_keys
         for key in self.diag_keys:
             names += [key, key + ".n"] if key == rs.DIAG_FORGET_HEALTHY else [key]
+        names += [HP_COL + path for path in self.layout.hyperparameters]
         return pd.DataFrame(lines, columns=names)
 
     def to_markdown(self) -> str:
@@ -494,6 +526,8 @@ def build_table(
 
     failures = _collect_failures(failed, layout, labels, cells, columns)
     references = _references(runs, columns)
+    hyperparameters = {labels[combo]: _row_hyperparameters(runs, row_masks[combo], layout)
+                       for combo in combos}
     if caption is None:
         axes = ", ".join(layout.row_axes) or "baseline"
         caption = (
@@ -514,7 +548,36 @@ def build_table(
         references=references,
         diag_keys=diag_keys,
         diagnostics=diagnostics,
+        hyperparameters=hyperparameters,
     )
+
+
+def _row_hyperparameters(runs: pd.DataFrame, mask: pd.Series, layout: TableLayout
+                         ) -> dict[str, list[dict[str, str]]]:
+    """Task -> the distinct sets of searched values among the row's finished trials."""
+    cols = [PARAM_COL + path for path in layout.hyperparameters]
+    if not cols or any(c not in runs.columns for c in cols):
+        return {}
+    out: dict[str, list[dict[str, str]]] = {}
+    for task in layout.tasks:
+        sets: list[dict[str, str]] = []
+        for _, run in runs.loc[mask & _task_mask(runs, task), cols].iterrows():
+            values = {c[len(PARAM_COL):]: run[c] for c in cols if isinstance(run[c], str)}
+            if values and values not in sets:
+                sets.append(values)
+        if sets:
+            out[task] = sets
+    return out
+
+
+def _parse_param(text: str) -> object:
+    """An MLflow param string back as int or float where it is one (for formatting)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 REFERENCE_ROW = "reference: "
@@ -806,6 +869,12 @@ def _notes(table: Table, style: _Style) -> list[str]:
             "Reference rows (italic): the task's trivial baselines, computed without training on "
             "the same test split (one value, no seeds)."
         )
+    rows_hp = [(row, table.hyperparameter_text(row)) for row in table.rows]
+    rows_hp = [(row, text) for row, text in rows_hp if text]
+    if rows_hp:
+        notes.append(esc(layout.search_note or "Hyperparameters per row:"))
+        for row, text in rows_hp:
+            notes.append(f"{style.code(row)}: {esc(text)}")
     if table.failures:
         notes.append(f"Failed trials ({len(table.failures)}):")
         for f in table.failures:
@@ -1015,6 +1084,8 @@ def write_table(table: Table, out_dir: pathlib.Path) -> list[pathlib.Path]:
     lines; absent when no run logged that cost). Diagnostic columns follow when runs logged
     them: ``diag.forget_healthy`` (healthy fraction k/n) with ``diag.forget_healthy.n`` (n),
     ``diag.grad_anomalies`` and ``diag.top_eigenvalue`` (means over the row's trials).
+    With a search, ``hp.<path>`` columns give the searched values the row's trials of the
+    line's task ran with (distinct values joined by " | ").
     """
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,70 @@ def resolve_tracking_uri(explicit: str | None, runs_dir: Path) -> str:
     return f"sqlite:///{(runs_dir / 'mlflow.db').resolve()}"
 
 
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def writable_problem(path: Path) -> str | None:
+    """Why a file or folder could not be created or written at ``path`` (None: it could).
+    Looks only: creates nothing. (As root, only a read-only file system says no.)"""
+    path = Path(os.path.abspath(path))
+    if path.exists():
+        if path.is_dir():
+            ok = os.access(path, os.W_OK | os.X_OK)
+            return None if ok else f"the folder {path} is read-only"
+        if not os.access(path, os.W_OK):
+            return f"{path} is read-only"
+        return writable_problem(path.parent)
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{ancestor} is a file, not a folder"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"the folder {ancestor} is read-only"
+    return None
+
+
+def check_store(tracking_uri: str, absolute: bool = True) -> None:
+    """Raise :class:`TrackingError` when the store cannot be written: a SQLite database (or
+    the folder it would be created in) that is read-only or lies under a file, a relative
+    SQLite path where ``absolute`` is asked for (trials do not share the driver's working
+    directory), or a tracking server that does not answer. Creates nothing; takes at most a
+    few seconds."""
+    db = sqlite_path(tracking_uri)
+    if db is not None:
+        if absolute and not db.is_absolute():
+            raise TrackingError(f"MLflow store {tracking_uri}: give an absolute path "
+                                "(sqlite:////absolute/path/mlflow.db, four slashes); trials "
+                                "run in their own working directory")
+        if db.is_dir():
+            raise TrackingError(f"cannot use the MLflow database {db}: it is a folder")
+        problem = writable_problem(db)
+        if problem:
+            raise TrackingError(f"cannot write the MLflow database {db}: {problem} (pass "
+                                "--runs-dir or --tracking-uri with a writable place)")
+        return
+    if tracking_uri.startswith(("http://", "https://")):
+        from harness.endpoints import split_host_port, tcp_problem
+
+        default = 443 if tracking_uri.startswith("https") else 80
+        try:
+            host, port = split_host_port(tracking_uri, default)
+        except ValueError as exc:
+            raise TrackingError(f"MLflow tracking URI {exc}") from None
+        problem = tcp_problem(host, port)
+        if problem:
+            raise TrackingError(f"no MLflow tracking server at {tracking_uri}: {problem}")
+
+
 def prepare_experiment(tracking_uri: str, suite: str, artifact_dir: Path) -> str:
     """Create (or find) the suite's experiment; returns its id. Runs in the driver only."""
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db = sqlite_path(tracking_uri)
+    if db is not None:
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -159,3 +220,19 @@ def load_trial_artifacts(tracking_uri: str | None, reference: str, default_suite
         raise TrackingError(f"trial '{key}' of suite '{suite}' has no saved model "
                             f"({type(exc).__name__}: {exc})") from exc
     return config, weights
+
+
+def finished_trial_runs(tracking_uri: str, experiment_id: str, suite: str) -> Iterator:
+    """Every FINISHED trial run of ``suite`` in the experiment (all pages of the search)."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], page_token=token, max_results=1000,
+            filter_string=(f"tags.`{rs.TAG_ROLE}` = '{rs.ROLE_TRIAL}' and "
+                           f"tags.`{rs.TAG_SUITE}` = '{suite}' and "
+                           "attributes.status = 'FINISHED'"))
+        yield from page
+        token = page.token
+        if not token:
+            return

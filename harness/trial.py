@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from harness import run_schema as rs
+from harness.attempts import close_lost_attempts, fail_running_attempts, record_attempt
 from harness.config import TrialConfig
 from harness.diagnostics.monitor import Monitors
 from harness.models.factory import build_model
@@ -109,7 +110,12 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
         torch.set_rng_state(resume["rng"])
         started -= resume["elapsed"]
     if tracker is not None:
-        tracker.start(trial, resume_run_id=resume.get("mlflow_run_id") if resume else None)
+        resume_run_id = resume.get("mlflow_run_id") if resume else None
+        tracker.start(trial, resume_run_id=resume_run_id)
+        record_attempt(tracker.client, tracker.run_id, state.step if resume_run_id else None)
+        if resume_run_id is None:
+            close_lost_attempts(tracker.client, runtime.experiment_id, trial["suite"],
+                                trial["key"], tracker.run_id)
 
     def on_log(state: TrainState, metrics: dict[str, float]) -> None:
         if tracker is not None:
@@ -240,6 +246,17 @@ def token_label(task, token: int, side: str) -> str:
     return task.token_text(token, side) or str(token)
 
 
+def mark_corrupt(runtime: Runtime, trial: dict[str, Any], reason: str) -> None:
+    """The trial's run left RUNNING by the attempt that wrote the checkpoint ends FAILED with
+    ``reason``, so that the table and the report show it."""
+    if runtime.tracking_uri is None:
+        return
+    from mlflow.tracking import MlflowClient
+
+    fail_running_attempts(MlflowClient(tracking_uri=runtime.tracking_uri),
+                          runtime.experiment_id, trial["suite"], trial["key"], reason)
+
+
 def tune_trainable(config: dict[str, Any], runtime: Runtime) -> None:
     """Ray Tune entry point: resume from the last checkpoint, report with checkpoints."""
     from ray import tune
@@ -252,7 +269,10 @@ def tune_trainable(config: dict[str, Any], runtime: Runtime) -> None:
             try:
                 resume = torch.load(path, weights_only=True)
             except Exception as exc:
-                raise RuntimeError(f"corrupt checkpoint {path}: {exc}") from exc
+                first = (str(exc).strip().splitlines() or [""])[0]
+                reason = f"corrupt checkpoint {path}: {type(exc).__name__}: {first}"
+                mark_corrupt(runtime, config["trial"], reason)
+                raise RuntimeError(reason) from exc
 
     def report(metrics: dict[str, float], payload: dict[str, Any] | None) -> None:
         if payload is None:

@@ -62,4 +62,6 @@ def test_nan_trial_fails_with_reason_and_the_suite_completes(tmp_path, monkeypat
 
     assert main(["report", str(suite)]) == 0
     report = (tmp_path / "results" / "nan-suite" / "report.html").read_text()
-    assert "loss is nan at step 5" in report
+    assert "1 of 2 trials finished, 1 failed" in report
+    assert ('<li class="failed">✗ failed trial <code>nan|copy|s0</code> (copy, seed 0): '
+            "NonFiniteError: loss is nan at step 5</li>") in report
