@@ -192,12 +192,11 @@ def test_good_data_file_is_valid(tmp_path, capsys):
 
 def test_unreachable_cluster_fails_fast(tmp_path, capsys, monkeypatch):
     """``ray.init`` retries for minutes on an address where nothing listens; the TCP check
-    before it answers in seconds, and nothing is created."""
+    answers before anything launches (``no_launch``: run_suite, hence ray.init, is never
+    reached), and nothing is created."""
     no_launch(monkeypatch)
     path = write_suite(tmp_path, SUITE)
-    started = time.monotonic()
     message = cli_error(["run", str(path), "--address", "127.0.0.1:1"], capsys)
-    assert time.monotonic() - started < 30
     assert message.startswith("cannot reach the Ray cluster at --address '127.0.0.1:1': "
                               "nothing accepts connections at "), message
     assert ":1 (connection refused). Start its head with `ray start --head`" in message
@@ -294,11 +293,9 @@ def test_relative_sqlite_uri(tmp_path, capsys, monkeypatch):
 def test_unreachable_tracking_server(tmp_path, capsys, monkeypatch):
     no_launch(monkeypatch)
     path = write_suite(tmp_path, SUITE)
-    started = time.monotonic()
     assert cli_error(["run", str(path), "--tracking-uri", "http://127.0.0.1:1"], capsys) == (
         "no MLflow tracking server at http://127.0.0.1:1: nothing accepts connections at "
         "127.0.0.1:1 (connection refused)")
-    assert time.monotonic() - started < 30
 
 
 @pytest.mark.parametrize(("argv", "expected"), [
