@@ -94,7 +94,7 @@ def main() -> None:
                         help="also time the trials back to back without Ray and MLflow")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    cpus = os.cpu_count() or 1
+    cpus = len(os.sched_getaffinity(0))  # what Ray sizes its pool from, not os.cpu_count()
     seeds = list(range(args.trials // 2))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "overhead.yaml"

@@ -156,9 +156,10 @@ def cmd_run(args) -> int:
     problem = cluster_problem(args.address)
     if problem:
         return error(problem)
+    address = args.address or os.environ.get("RAY_ADDRESS")  # ray.init would join it too
     command = args.invocation
     commit = git_commit(Path.cwd())  # the code that runs: HEAD at launch, not at the end
-    opts = RunOptions(tracking_uri=uri, runs_dir=args.runs_dir, address=args.address,
+    opts = RunOptions(tracking_uri=uri, runs_dir=args.runs_dir, address=address,
                       max_concurrent=args.max_concurrent, max_failures=args.max_failures,
                       command=command, show_progress=not args.no_progress)
     try:
@@ -166,7 +167,7 @@ def cmd_run(args) -> int:
     except TrackingError as exc:
         return error(str(exc))
     except ConnectionError as exc:
-        return error(f"cannot reach the Ray cluster at {args.address!r}: {exc}")
+        return error(f"cannot reach the Ray cluster at {address!r}: {exc}")
     # trials Tune lost without an error of their own (an actor that died before it ran)
     lost = outcome.total - outcome.finished - len(outcome.failed)
     summary = (f"{outcome.finished}/{outcome.total} trials finished"

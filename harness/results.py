@@ -24,7 +24,8 @@ def layout_for(suite: Suite) -> TableLayout:
         tasks=suite.task_labels(), metrics=list(spec.metrics), directions=suite.directions(),
         rows=suite.row_axes(), columns=spec.table.columns,
         baseline=suite.baseline() if suite.row_axes() else None, alpha=spec.table.alpha,
-        hyperparameters=searched, search_note=note)
+        hyperparameters=searched, search_note=note,
+        task_metrics={label: cls.metric_names() for label, cls in suite.task_classes.items()})
 
 
 def write_results(suite: Suite, tracking_uri: str, out_dir: Path, command: str,

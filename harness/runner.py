@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import run_schema as rs
-from harness.progress import error_reason
 from harness.suite import Suite
 from harness.tracking import end_run, finished_trial_runs, prepare_experiment, start_launch_run
 from harness.trial import Runtime, tune_trainable
@@ -56,8 +55,7 @@ def init_ray(address: str | None) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     kwargs = {"log_to_driver": False, "logging_level": logging.ERROR,
               "configure_logging": True}
-    address = address or os.environ.get("RAY_ADDRESS")  # `ray job submit` sets it
-    if address:
+    if address:  # the CLI passes --address, else $RAY_ADDRESS (`ray job submit` sets it)
         ray.init(address=address, **kwargs)
     else:
         # "local": a new local instance, never one that another process started on this
@@ -149,6 +147,8 @@ def _run_stage(todo: list[dict], trainable, storage: Path, name: str, opts: RunO
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     grid = tuner.fit()
+    from harness.progress import error_reason  # imports ray.tune: not at the CLI's start
+
     failed = {}
     for result in grid:
         if result.error is not None and result.config:
@@ -218,7 +218,11 @@ def _run_optuna_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
                     f"{suite.name} search {target.label}", total=remaining)]
             run = sr.SearchRun(url, storage, runtime, concurrent, opts.max_failures,
                                callbacks, launch=parent[:8])
-            errors = sr.run_search(suite, target, remaining, run)
+            try:
+                errors = sr.run_search(suite, target, remaining, run)
+            finally:
+                for view in callbacks:  # a live view left running would garble the terminal
+                    view.stop()
             search_failures[target.label] = errors
             states[target.label] = sr.study_state(url, studies[target.label])
             if errors:

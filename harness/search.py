@@ -295,7 +295,9 @@ def run_search(suite: Suite, target: Target, remaining: int, run: SearchRun) -> 
     close_running(run.url, name)
     if scheduler is not None:
         mark_stopped_runs(run.runtime, f"{base['key']}|search-")
-    return [str(r.error).strip().splitlines()[-1][:300] for r in grid if r.error is not None]
+    from harness.progress import error_reason
+
+    return [error_reason(str(r.error)) for r in grid if r.error is not None]
 
 
 def mark_stopped_runs(runtime: Runtime, key_prefix: str) -> None:

@@ -95,6 +95,9 @@ class TableLayout:
     alpha: float = 0.05
     hyperparameters: list[str] = field(default_factory=list)  # searched config paths
     search_note: str = ""  # how they were chosen (the notes' heading for them)
+    # the metrics each task reports, where known: a task none of whose trials finished still
+    # gets its columns (with the failures marked) instead of vanishing from the table
+    task_metrics: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for metric in self.metrics:
@@ -450,7 +453,8 @@ def build_table(
     """Aggregate ``metrics.test.<metric>`` over seeds into the ablation grid of ``layout``.
 
     Columns are task x metric [x column variant] in suite order; a (task, metric) pair that no
-    run reports is dropped. Each cell keeps its seeds' values (mean, sample std, n), whether it
+    run reports is dropped, unless the task has failed trials and reports that metric
+    (``layout.task_metrics``). Each cell keeps its seeds' values (mean, sample std, n), whether it
     is the best of its column (only with >= 2 non-empty rows; ties all best) and Welch's p value
     against the baseline row. Cost columns are the mean of ``metrics.cost.*`` over each row's
     finished trials (across tasks, seeds and column variants of the layout).
@@ -461,20 +465,24 @@ def build_table(
     row_masks = _row_masks(runs, layout)
     col_variants = layout.column_variants
 
+    failed_tasks = (set(failed["task"]) if failed is not None and "task" in failed.columns
+                    else set())
     columns: list[Column] = []
     for task in layout.tasks:
         in_task = runs[_task_mask(runs, task)]
         for metric in layout.metrics:
             col = METRIC_COL + rs.TEST_PREFIX + metric
-            if col not in in_task.columns or in_task[col].notna().sum() == 0:
-                continue
-            columns.extend((task, metric, variant) for variant in col_variants)
+            reported = col in in_task.columns and in_task[col].notna().sum() > 0
+            failed_only = task in failed_tasks and metric in layout.task_metrics.get(task, ())
+            if reported or failed_only:
+                columns.extend((task, metric, variant) for variant in col_variants)
 
     cells: dict[tuple[str, Column], Cell] = {}
     for combo in combos:
         for task, metric, variant in columns:
             mask = row_masks[combo] & _task_mask(runs, task) & _column_mask(runs, layout, variant)
-            values = runs.loc[mask, METRIC_COL + rs.TEST_PREFIX + metric].dropna()
+            col = METRIC_COL + rs.TEST_PREFIX + metric
+            values = runs.loc[mask, col].dropna() if col in runs.columns else []
             cells[(labels[combo], (task, metric, variant))] = Cell(
                 labels[combo], task, metric, variant, [float(v) for v in values]
             )

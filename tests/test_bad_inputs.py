@@ -462,6 +462,7 @@ def test_corrupt_checkpoint_fails_the_trial_with_its_path(tmp_path):
     assert run.info.status == "FAILED"
     assert run.data.tags[rs.TAG_FAILURE].startswith(f"corrupt checkpoint {checkpoint}: ")
     table = (work / "results" / "corrupt" / "table.md").read_text()
+    assert "| baseline | — (1 failed) |" in table  # the marked cell, and the reason below
     assert f"  - `baseline|copy|s0` (baseline, copy, seed 0): corrupt checkpoint {checkpoint}: " \
         in table
 

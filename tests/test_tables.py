@@ -379,6 +379,27 @@ def test_no_axes_gives_a_single_baseline_row() -> None:
     assert "| baseline | 0.200 ± 0.100 |" in table.to_markdown()
 
 
+def test_a_task_whose_every_trial_failed_keeps_its_columns_with_the_failures_marked() -> None:
+    """No finished run reports the task's metrics; the task's own metric list keeps its
+    columns, so the failures show as marked cells, not only as a footnote."""
+    runs = pd.DataFrame({"task": ["a"], "seed": [0], "variant.x": ["v"], "metrics.test.acc": [0.5]})
+    failed = pd.DataFrame({"trial_key": ["v|b|s0"], "task": ["b"], "seed": [0],
+                           "variant.x": ["v"], "failure": ["corrupt checkpoint /c/trial.pt"]})
+    lay = TableLayout(axes={"x": ["v"]}, tasks=["a", "b"], metrics=["acc", "bleu"],
+                      directions={"acc": "max", "bleu": "max"},
+                      task_metrics={"a": ["acc"], "b": ["bleu"]})
+    table = build_table(runs, lay, failed)
+    assert table.cell("v", "b", "bleu").failed == 1 and table.cell("v", "b", "bleu").n == 0
+    md = table.to_markdown()
+    assert "| x | a · acc ↑ | b · bleu ↑ |" in md
+    assert "| v | 0.500 | — (1 failed) |" in md
+    # without the task's metric list (or without failures) such a column is still dropped
+    lay_unknown = TableLayout(axes={"x": ["v"]}, tasks=["a", "b"], metrics=["acc", "bleu"],
+                              directions={"acc": "max", "bleu": "max"})
+    assert "bleu" not in build_table(runs, lay_unknown, failed).to_markdown().splitlines()[2]
+    assert "b · bleu" not in build_table(runs, lay).to_markdown()
+
+
 def test_costs_failures_and_formatting(loaded) -> None:
     table = build_table(loaded[0], layout(), loaded[1])
     base = table.costs["lstm / none"]
