@@ -17,6 +17,7 @@ import sys
 from mlflow.tracking import MlflowClient
 
 from harness import run_schema as rs
+from harness.tracking import trial_runs
 
 LOST_BEFORE_CHECKPOINT = ("attempt lost before its first checkpoint (process or node died); "
                           "the trial restarted from step 0 in run {run_id}")
@@ -61,12 +62,7 @@ def fail_running_attempts(client: MlflowClient, experiment_id: str, suite: str, 
                           reason: str, keep: str | None = None) -> list[str]:
     """Mark FAILED, with ``reason``, the trial's RUNNING runs other than ``keep``; returns
     their ids."""
-    runs = client.search_runs(
-        [experiment_id], max_results=1000,
-        filter_string=(f"tags.`{rs.TAG_ROLE}` = '{rs.ROLE_TRIAL}' and "
-                       f"tags.`{rs.TAG_SUITE}` = '{suite}' and "
-                       f"tags.`{rs.TAG_TRIAL_KEY}` = '{key}' and "
-                       "attributes.status = 'RUNNING'"))
+    runs = trial_runs(client, experiment_id, suite, "RUNNING", key)
     failed = [r.info.run_id for r in runs if r.info.run_id != keep]
     for run_id in failed:
         client.set_tag(run_id, rs.TAG_FAILURE, reason)

@@ -222,17 +222,24 @@ def load_trial_artifacts(tracking_uri: str | None, reference: str, default_suite
     return config, weights
 
 
-def finished_trial_runs(tracking_uri: str, experiment_id: str, suite: str) -> Iterator:
-    """Every FINISHED trial run of ``suite`` in the experiment (all pages of the search)."""
-    client = MlflowClient(tracking_uri=tracking_uri)
+def trial_runs(client: MlflowClient, experiment_id: str, suite: str, status: str,
+               key: str | None = None) -> Iterator:
+    """Every trial run of ``suite`` in the experiment with this ``status`` (FINISHED,
+    RUNNING, ...), of one trial ``key`` if given; all pages of the search."""
+    where = (f"tags.`{rs.TAG_ROLE}` = '{rs.ROLE_TRIAL}' and tags.`{rs.TAG_SUITE}` = '{suite}' "
+             f"and attributes.status = '{status}'")
+    if key is not None:
+        where += f" and tags.`{rs.TAG_TRIAL_KEY}` = '{key}'"
     token = None
     while True:
-        page = client.search_runs(
-            [experiment_id], page_token=token, max_results=1000,
-            filter_string=(f"tags.`{rs.TAG_ROLE}` = '{rs.ROLE_TRIAL}' and "
-                           f"tags.`{rs.TAG_SUITE}` = '{suite}' and "
-                           "attributes.status = 'FINISHED'"))
+        page = client.search_runs([experiment_id], page_token=token, max_results=1000,
+                                  filter_string=where)
         yield from page
         token = page.token
         if not token:
             return
+
+
+def finished_trial_runs(tracking_uri: str, experiment_id: str, suite: str) -> Iterator:
+    """Every FINISHED trial run of ``suite`` in the experiment."""
+    return trial_runs(MlflowClient(tracking_uri=tracking_uri), experiment_id, suite, "FINISHED")
