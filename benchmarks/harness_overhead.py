@@ -36,6 +36,7 @@ from mlflow.tracking import MlflowClient
 
 from harness import run_schema as rs
 from harness.suite import load_suite
+from harness.tracking import trial_runs
 from harness.trial import Runtime, execute_trial
 
 OUT = Path(__file__).parent / "results" / "harness_overhead.md"
@@ -57,11 +58,10 @@ metrics: [exact_match]
 """
 
 
-def trial_runs(db: Path) -> list:
+def finished_runs(db: Path) -> list:
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     experiment = client.get_experiment_by_name("overhead")
-    return [r for r in client.search_runs([experiment.experiment_id])
-            if r.data.tags.get(rs.TAG_ROLE) == rs.ROLE_TRIAL]
+    return list(trial_runs(client, experiment.experiment_id, "overhead", "FINISHED"))
 
 
 def worker_pids(ray_dir: Path) -> set[int]:
@@ -105,7 +105,7 @@ def main() -> None:
                        cwd=tmp, check=True, env={**os.environ, "MLFLOW_TRACKING_URI": ""})
         harness_s = time.perf_counter() - started
         ended_wall = started_wall + harness_s
-        runs = trial_runs(Path(tmp) / "runs" / "mlflow.db")
+        runs = finished_runs(Path(tmp) / "runs" / "mlflow.db")
         pids = worker_pids(Path(tmp) / "runs" / "ray")
         own = [r.data.metrics[rs.COST_WALL] for r in runs]
         spans = [(r.info.start_time / 1000, r.info.end_time / 1000) for r in runs]
