@@ -14,6 +14,7 @@ from __future__ import annotations
 import socket
 import sys
 
+from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
 from harness import run_schema as rs
@@ -54,8 +55,7 @@ def record_attempt(client: MlflowClient, run_id: str, resumed_step: int | None) 
         tags[rs.TAG_RESUMED_FROM] = resumed_from(previous.get(rs.TAG_RESUMED_FROM), resumed_step)
         if rs.TAG_FAILURE in previous:
             client.delete_tag(run_id, rs.TAG_FAILURE)
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
+    client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
 
 
 def fail_running_attempts(client: MlflowClient, experiment_id: str, suite: str, key: str,
