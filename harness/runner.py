@@ -71,9 +71,7 @@ def dirname_for(trial) -> str:
 def run_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
     """Run every trial of the suite not yet finished, stage by stage (trials that start from
     another trial's model run after it); returns what happened."""
-    from ray import tune
 
-    from harness.progress import ProgressView
 
     if suite.spec.search.kind == "optuna":
         return _run_optuna_suite(suite, opts)
@@ -91,16 +89,9 @@ def run_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
 
     init_ray(opts.address)
     parent = start_launch_run(opts.tracking_uri, experiment_id, suite.name, opts.command)
-    runtime = Runtime(opts.tracking_uri, experiment_id, parent,
-                      cpus=suite.spec.resources.cpu, gpus=suite.spec.resources.gpu)
-    trainable = tune.with_resources(
-        tune.with_parameters(tune_trainable, runtime=runtime),
-        {"cpu": suite.spec.resources.cpu, "gpu": suite.spec.resources.gpu})
+    trainable = _trainable(suite, opts, experiment_id, parent)
     skipped = len(trials) - len(pending)
-    progress = ProgressView(suite.name, total=len(trials), already_done=skipped)
-    if skipped:
-        progress.console.print(f"{skipped} of {len(trials)} trials finished in earlier "
-                               "launches; they are not run again")
+    progress = _table_progress(suite, len(trials), skipped)
     callbacks = [progress] if opts.show_progress else []
     status = "FAILED"
     failed: dict[str, str] = {}
@@ -120,6 +111,28 @@ def run_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
     keys = {t["key"] for t in trials}
     return RunOutcome(total=len(trials), skipped=skipped, finished=len(keys & now_done),
                       failed={k: v for k, v in failed.items() if k not in now_done})
+
+
+def _trainable(suite: Suite, opts: RunOptions, experiment_id: str, parent: str | None):
+    """``tune_trainable`` with the launch's runtime and the suite's resources per trial."""
+    from ray import tune
+
+    resources = suite.spec.resources
+    runtime = Runtime(opts.tracking_uri, experiment_id, parent, cpus=resources.cpu,
+                      gpus=resources.gpu)
+    return tune.with_resources(tune.with_parameters(tune_trainable, runtime=runtime),
+                               {"cpu": resources.cpu, "gpu": resources.gpu})
+
+
+def _table_progress(suite: Suite, total: int, skipped: int):
+    """The live view of the table's trials; says how many finished in earlier launches."""
+    from harness.progress import ProgressView
+
+    progress = ProgressView(suite.name, total=total, already_done=skipped)
+    if skipped:
+        progress.console.print(f"{skipped} of {total} trials finished in earlier launches; "
+                               "they are not run again")
+    return progress
 
 
 def _run_stage(todo: list[dict], trainable, storage: Path, name: str, opts: RunOptions,
@@ -159,11 +172,9 @@ def _run_stage(todo: list[dict], trainable, storage: Path, name: str, opts: RunO
 def _run_optuna_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
     """Search every (variant combination, task) whose study is short of ``search.trials``,
     then run the suite's trials with each study's best values (tune, then ablate)."""
-    from ray import tune
     from rich.console import Console
 
     from harness import search as sr
-    from harness.progress import ProgressView
     from harness.search_space import describe
     from harness.suite import fingerprint
 
@@ -199,7 +210,9 @@ def _run_optuna_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
 
     init_ray(opts.address)
     parent = start_launch_run(opts.tracking_uri, experiment_id, suite.name, opts.command)
-    resources = {"cpu": suite.spec.resources.cpu, "gpu": suite.spec.resources.gpu}
+    resources = suite.spec.resources
+    search_runtime = Runtime(opts.tracking_uri, search_experiment_id, None,
+                             cpus=resources.cpu, gpus=resources.gpu)
     status = "FAILED"
     failed: dict[str, str] = {}
     search_failures: dict[str, list[str]] = {}
@@ -210,13 +223,11 @@ def _run_optuna_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
             remaining = spec.trials - state.counted
             console.print(f"search {target.label}: {remaining} of {spec.trials} trials to run "
                           f"({concurrent} at once), study '{studies[target.label]}' in {url}")
-            runtime = Runtime(opts.tracking_uri, search_experiment_id, None,
-                              cpus=resources["cpu"], gpus=resources["gpu"])
             callbacks = []
             if opts.show_progress:
                 callbacks = [sr.search_progress_class()(
                     f"{suite.name} search {target.label}", total=remaining)]
-            run = sr.SearchRun(url, storage, runtime, concurrent, opts.max_failures,
+            run = sr.SearchRun(url, storage, search_runtime, concurrent, opts.max_failures,
                                callbacks, launch=parent[:8])
             try:
                 errors = sr.run_search(suite, target, remaining, run)
@@ -243,11 +254,8 @@ def _run_optuna_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
         pending = [t for t in rows if t["key"] not in done_before]
         skipped = len(rows) - len(pending)
         if pending:
-            runtime = Runtime(opts.tracking_uri, experiment_id, parent,
-                              cpus=resources["cpu"], gpus=resources["gpu"])
-            trainable = tune.with_resources(
-                tune.with_parameters(tune_trainable, runtime=runtime), resources)
-            progress = ProgressView(suite.name, total=len(rows), already_done=skipped)
+            trainable = _trainable(suite, opts, experiment_id, parent)
+            progress = _table_progress(suite, len(rows), skipped)
             try:
                 failed.update(_run_stage(
                     pending, trainable, storage, f"{suite.name}-{fingerprint(rows)}", opts,
