@@ -11,7 +11,9 @@ Libraries: sacrebleu ``BLEU(effective_order=True, tokenize="none").sentence_scor
 pair, rouge-score ``RougeScorer(["rouge1", "rouge2", "rougeL"]).score(r, h)`` per pair (all three
 in one call, as one normally would); "all four" is the sum of both. Ours: ``sentence_bleu``,
 ``rouge_n(n=1)``, ``rouge_n(n=2)``, ``rouge_l`` and ``token_rewards`` (all four sharing the match
-masks). ``torch.set_num_threads(1)``. Every repeat times each method once over all batches, the
+masks), each given the 64 references once (``ref`` [64, L]: one reference for each 5
+consecutive candidates, as sequence-level training passes them).
+``torch.set_num_threads(1)``. Every repeat times each method once over all batches, the
 methods interleaved so that background load hits them alike, after one warm-up repeat; the
 table gives the median over repeats of pairs/s (wall clock), and the speed-ups are the medians
 of the per-repeat ratios, of wall-clock time and of the thread's CPU time (the latter leaves out
@@ -41,7 +43,8 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def make_batch(seed: int) -> Batch:
-    """hyp [320, 60], hyp_len [320], ref [320, 60], ref_len [320] (padding: random ids)."""
+    """hyp [320, 60], hyp_len [320], ref [64, 60], ref_len [64] (padding: random ids); reference
+    s serves candidates 5s .. 5s + 4, as sequence-level training passes them."""
     g = torch.Generator().manual_seed(seed)
     n = SOURCES * CANDIDATES
     zipf = 1.0 / torch.arange(1, VOCAB + 1, dtype=torch.float64)
@@ -50,20 +53,22 @@ def make_batch(seed: int) -> Batch:
         return torch.multinomial(zipf, rows * MAX_LEN, replacement=True, generator=g).view(
             rows, MAX_LEN)
 
-    ref = ids(SOURCES).repeat_interleave(CANDIDATES, 0)
+    ref = ids(SOURCES)
     ref_len = torch.randint(MIN_LEN, MAX_LEN + 1, (SOURCES,), generator=g)
-    ref_len = ref_len.repeat_interleave(CANDIDATES)
     hyp_len = torch.randint(MIN_LEN, MAX_LEN + 1, (n,), generator=g)
     pos = torch.arange(MAX_LEN)
-    hyp = torch.where(pos < ref_len.unsqueeze(1), ref, ids(n))
+    hyp = torch.where(pos < ref_len.repeat_interleave(CANDIDATES).unsqueeze(1),
+                      ref.repeat_interleave(CANDIDATES, 0), ids(n))
     hyp = torch.where(torch.rand(n, MAX_LEN, generator=g) < NOISE, ids(n), hyp)
     return hyp, hyp_len, ref, ref_len
 
 
 def texts(batch: Batch) -> list[tuple[str, str]]:
+    """(hypothesis, reference) strings of every candidate."""
     hyp, hyp_len, ref, ref_len = (t.tolist() for t in batch)
-    return [(" ".join(map(str, h[:hl])), " ".join(map(str, r[:rl])))
-            for h, hl, r, rl in zip(hyp, hyp_len, ref, ref_len, strict=True)]
+    refs = [" ".join(map(str, r[:rl])) for r, rl in zip(ref, ref_len, strict=True)]
+    return [(" ".join(map(str, h[:hl])), refs[i // CANDIDATES])
+            for i, (h, hl) in enumerate(zip(hyp, hyp_len, strict=True))]
 
 
 def cpu_model() -> str:

@@ -9,7 +9,6 @@ import torch
 from rouge_score.rouge_scorer import RougeScorer
 from sacrebleu.metrics import BLEU
 
-import harness.training.rewards as rewards_mod
 from harness.training.rewards import (
     REWARDS,
     neg_mae,
@@ -158,16 +157,41 @@ def test_rows_are_independent() -> None:
             assert alone[name].item() == full[name][i].item()
 
 
-def test_bit_trick_popcount_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
-    rng = random.Random(3)
-    b = batch(random_pairs(rng, 50, 70, vocab=(3, 9)), rng)
-    fast = token_rewards(*b)
-    x = torch.tensor([0, 1, 3, 2**61 + 5, 2**62 - 1])
-    monkeypatch.setattr(rewards_mod, "_np_bitwise_count", None)
-    assert rewards_mod._popcount(x).tolist() == [0, 1, 2, 3, 62]
-    slow = token_rewards(*b)
+def test_very_long_sentences_match_the_libraries() -> None:
+    """Five mask words (popcounts summed in uint16) and more than 255 positions per row."""
+    rng = random.Random(21)
+    pairs = random_pairs(rng, 12, 320, vocab=(4, 30))
+    pairs += [([1, 2] * 150, [2, 1] * 140), (list(range(300)), list(range(299, -1, -1)))]
+    assert_matches(pairs, seed=3)
+
+
+def test_shared_references_equal_repeated_references() -> None:
+    """ref [N / K, L]: row s is the reference of hypotheses s*K .. s*K + K - 1."""
+    rng = random.Random(17)
+    k = 4
+    refs = [r for _, r in random_pairs(rng, 15, 40, vocab=(3, 20))]
+    pairs = [(h, refs[i // k]) for i, (h, _) in
+             enumerate(random_pairs(rng, 15 * k, 40, vocab=(3, 20)))]
+    hyp, hl, ref, rl = batch(pairs, rng)
+    repeated = token_rewards(hyp, hl, ref, rl)
+    shared = token_rewards(hyp, hl, ref[::k], rl[::k])
     for name in REWARDS:
-        assert torch.equal(fast[name], slow[name])
+        assert torch.equal(shared[name], repeated[name])
+    assert torch.equal(rouge_n(hyp, hl, ref[::k], rl[::k], n=3), rouge_n(hyp, hl, ref, rl, n=3))
+    assert_matches(pairs)
+    with pytest.raises(ValueError, match="one reference for each K"):
+        token_rewards(hyp, hl, ref[:7], rl[:7])  # 60 hypotheses, 7 references
+    with pytest.raises(ValueError, match=r"hyp_len and ref_len must be \[60\] and \[15\]"):
+        token_rewards(hyp, hl, ref[::k], rl)
+
+
+def test_other_integer_dtypes_give_the_same_rewards() -> None:
+    rng = random.Random(8)
+    hyp, hl, ref, rl = batch(random_pairs(rng, 30, 25, vocab=(5, 40)), rng, pad=0)
+    want = token_rewards(hyp, hl, ref, rl)
+    got = token_rewards(hyp.int(), hl.int(), ref.short(), rl.to(torch.uint8))
+    for name in REWARDS:
+        assert torch.equal(got[name], want[name])
 
 
 def test_token_reward_dispatch_and_unknown_name() -> None:

@@ -104,12 +104,11 @@ class SequenceObjective:
 
     # -- rewards -------------------------------------------------------------------------------
     def rewards(self, tokens: torch.Tensor, lengths: torch.Tensor,
-                batch: Seq2SeqBatch, k: int) -> torch.Tensor:
-        """R(y, y*) of each candidate row (example-major, ``k`` per source)."""
-        ref = batch.tgt.repeat_interleave(k, 0)
-        ref_len = (batch.tgt_len - 1).repeat_interleave(k, 0)  # tgt_len counts the EOS
-        return token_reward(self.reward_name, tokens, content_lengths(tokens, lengths), ref,
-                            ref_len)
+                batch: Seq2SeqBatch) -> torch.Tensor:
+        """R(y, y*) of each candidate row (example-major, the same number per source: the
+        rewards take each source's reference once)."""
+        return token_reward(self.reward_name, tokens, content_lengths(tokens, lengths),
+                            batch.tgt, batch.tgt_len - 1)  # tgt_len counts the EOS
 
     def _moving_baseline(self, rewards: torch.Tensor) -> torch.Tensor:
         before = float(rewards.mean()) if self.average is None else self.average
@@ -142,13 +141,13 @@ class SequenceObjective:
         k = self.cfg.samples
         drawn = self._sample(model, batch)
         with torch.no_grad():
-            reward = self.rewards(drawn.tokens, drawn.lengths, batch, k)
+            reward = self.rewards(drawn.tokens, drawn.lengths, batch)
             if self_critical:
                 was_training = model.training
                 model.eval()
                 best = greedy(model, batch.src, batch.src_len, self.max_len)
                 model.train(was_training)
-                baseline = self.rewards(best.tokens, best.lengths, batch, 1).repeat_interleave(k)
+                baseline = self.rewards(best.tokens, best.lengths, batch).repeat_interleave(k)
             elif self.cfg.baseline == "leave_one_out":
                 baseline = leave_one_out_baseline(reward.view(-1, k)).reshape(-1)
             else:
@@ -176,7 +175,7 @@ class SequenceObjective:
         src_len = batch.src_len.repeat_interleave(group, 0)
         logp = sequence_logprob(model, src, src_len, tokens, lengths).view(-1, group)
         with torch.no_grad():
-            reward = self.rewards(tokens, lengths, batch, group).view(-1, group)
+            reward = self.rewards(tokens, lengths, batch).view(-1, group)
         q = mrt_weights(logp, self.cfg.mrt_alpha, keep)
         loss = mrt_loss(q, reward)
         stats = self._stats(drawn, reward[:, :k].reshape(-1), None, None, k)  # the samples
@@ -230,7 +229,7 @@ class SequenceObjective:
         ce = (torch.stack(ce_terms, 1).sum() / (tgt[:, :delta] != PAD).sum().clamp(min=1)
               if ce_terms else torch.zeros((), device=src.device))
         with torch.no_grad():
-            reward = self.rewards(tokens, lengths, batch, k)
+            reward = self.rewards(tokens, lengths, batch)
             baseline = self._moving_baseline(reward)
             advantage = reward - baseline
         rl = policy_gradient_loss(sampled.sum(1), reward, baseline) if sampled is not None \
