@@ -77,64 +77,63 @@ def _digit_plan(top: int) -> tuple[int, int]:
     return digits, -(-bits // digits)
 
 
-def _lookup(keys: np.ndarray, bits: np.ndarray, at: np.ndarray, at_rows: np.ndarray,
-            words: int, digits: int, dbits: int, word_of: np.ndarray | None) -> np.ndarray:
-    """[W, L, C] masks: for each entry of ``at`` (ids, [L, C]), the bits (``bits`` [R, P]) of
-    the positions of row ``at_rows[c]`` of ``keys`` ([R, P] ids) that hold the same id.
-    ``word_of`` [P]: each position's mask word (None for one word)."""
-    rows = len(keys)
-    size = 1 << dbits
-    low = size - 1
-    key_off = (np.arange(rows, dtype=np.int64) * size)[:, None]
-    if word_of is not None:
-        key_off = key_off + word_of * (rows * size)
-    at_off = at_rows * size
-    out = np.empty((words, *at.shape), dtype=np.int64)
-    for d in range(digits):
-        key = np.bitwise_and(keys if d == 0 else keys >> (d * dbits), low)
-        table = np.zeros(words * rows * size, dtype=np.int64)
-        np.add.at(table, (key + key_off).ravel(), bits.ravel())
-        where = np.bitwise_and(at if d == 0 else at >> (d * dbits), low)
-        where |= at_off
-        for w in range(words):
-            part = table[w * rows * size : (w + 1) * rows * size]
-            if d == 0:
-                part.take(where, out=out[w], mode="clip")
-            else:
-                out[w] &= part.take(where, mode="clip")
-    return out
-
-
 @functools.lru_cache(maxsize=64)
-def _candidate_major(sources: int, group: int) -> np.ndarray:
-    """The hypothesis row of each column when columns run candidate-major (column k S + s is
-    candidate k of source s, hypothesis row s K + k), [S K]."""
+def _column_rows(sources: int, group: int, earlier: bool) -> np.ndarray:
+    """The table row that each mask column reads: columns k S + s (candidate-major) read
+    hypothesis row s K + k (candidate k of source s); with ``earlier``, S more columns read the
+    references, table rows N + s."""
     col = np.arange(sources * group)
-    return (col % sources) * group + col // sources
+    rows = (col % sources) * group + col // sources
+    if earlier:
+        rows = np.concatenate((rows, sources * group + np.arange(sources)))
+    return rows
 
 
 def _masks(hyp: np.ndarray, hyp_len: np.ndarray, ref: np.ndarray, ref_len: np.ndarray,
-           top: int, earlier: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """T [W, Lr, N] with columns candidate-major (``_candidate_major``) and (if ``earlier``)
-    F [W, Lr, S], int64, positions first (slices along them are contiguous). T is 0 at
-    reference positions j >= ref_len; F is exact at j < ref_len. Reference positions past
+           top: int, earlier: bool) -> np.ndarray:
+    """[W, Lr, N (+ S)] int64 masks, positions first (slices along them are contiguous):
+    columns 0 .. N - 1 hold T, candidate-major (column k S + s is candidate k of source s);
+    with ``earlier``, columns N .. N + S - 1 hold F of each source. T is 0 at reference
+    positions j >= ref_len; F is exact at j < ref_len.
+
+    One table per digit, entry (w R + row) size + digit for mask word w, with rows 0 .. N - 1
+    for the hypotheses (T) and N .. N + S - 1 for the references (F). Reference positions past
     their length read the id top + 1 (no hypothesis position has it); positions past a
     length add no bits."""
     n, lh = hyp.shape
     s, lr = ref.shape
+    group = n // s
     words = -(-max(lh, lr) // _B)
     digits, dbits = _digit_plan(top + 1)
+    size = 1 << dbits
+    low = size - 1
     ref_at = np.where(np.arange(lr)[:, None] < ref_len, ref.T, top + 1)  # [Lr, S]
-    word_h = _position_bits(lh)[1] if words > 1 else None
-    t = _lookup(hyp, _bits_below(lh).take(hyp_len, axis=0), np.tile(ref_at, n // s),
-                _candidate_major(s, n // s), words, digits, dbits, word_h)
-    if not earlier:
-        return t, None
-    word_r = _position_bits(lr)[1] if words > 1 else None
-    f = _lookup(ref, _bits_below(lr).take(ref_len, axis=0), ref_at, np.arange(s), words,
-                digits, dbits, word_r)
-    f &= _before(lr, words)
-    return t, f
+    blocks = group + 1 if earlier else group  # columns: blocks x S
+    at_off = (_column_rows(s, group, earlier) * size).reshape(blocks, s)
+    rows = n + s if earlier else n
+    keys = [(hyp, _bits_below(lh).take(hyp_len, axis=0), 0, lh)]
+    if earlier:
+        keys.append((ref, _bits_below(lr).take(ref_len, axis=0), n, lr))
+    x = np.empty((words, lr, blocks * s), dtype=np.int64)
+    for d in range(digits):
+        table = np.zeros(words * rows * size, dtype=np.int64)
+        for ids, bits, first, length in keys:
+            key = np.bitwise_and(ids if d == 0 else ids >> (d * dbits), low)
+            key += (np.arange(first, first + len(ids), dtype=np.int64) * size)[:, None]
+            if words > 1:
+                key += _position_bits(length)[1] * (rows * size)
+            np.add.at(table, key.ravel(), bits.ravel())
+        digit = np.bitwise_and(ref_at if d == 0 else ref_at >> (d * dbits), low)
+        where = (digit[:, None, :] + at_off).reshape(lr, blocks * s)  # [Lr, columns]
+        for w in range(words):
+            part = table[w * rows * size : (w + 1) * rows * size]
+            if d == 0:
+                part.take(where, out=x[w], mode="clip")
+            else:
+                x[w] &= part.take(where, mode="clip")
+    if earlier:
+        x[:, :, n:] &= _before(lr, words)
+    return x
 
 
 def _shift_right(x: np.ndarray, s: int, out: np.ndarray) -> np.ndarray:
@@ -168,14 +167,15 @@ def _popcounts(x: np.ndarray, max_order: int, count: type) -> np.ndarray:
     return pc
 
 
-def _matches(t: np.ndarray, f: np.ndarray, max_order: int) -> np.ndarray:
-    """Clipped matches m_n, [max_order, N] int64 for n = 1 .. max_order, from ``_masks``."""
-    words, lr, n = t.shape
-    s = f.shape[2]
+def _matches(x: np.ndarray, n: int, max_order: int) -> np.ndarray:
+    """Clipped matches m_n, [max_order, N] int64 for n = 1 .. max_order, from ``_masks``
+    (with ``earlier``) for N hypotheses."""
+    words, lr, columns = x.shape
+    s = columns - n
     count = np.uint8 if words <= 4 else np.uint16  # popcount per position: <= 62 W
-    pc_t = _popcounts(t, max_order, count).reshape(max_order, lr, n // s, s)
-    pc_f = _popcounts(f, max_order, count)[:, :, None]
-    matched = np.less(pc_f, pc_t).view(np.uint8)  # [max_order, Lr, K, S]
+    pc = _popcounts(x, max_order, count)
+    pc_t = pc[:, :, :n].reshape(max_order, lr, n // s, s)
+    matched = np.less(pc[:, :, None, n:], pc_t).view(np.uint8)  # [max_order, Lr, K, S]
     total = np.uint8 if lr < 256 else np.int64
     per_column = matched.sum(axis=1, dtype=total)  # [max_order, K, S]
     return per_column.transpose(0, 2, 1).reshape(max_order, n).astype(np.int64)
@@ -213,10 +213,10 @@ def ngram_stats(hyp: np.ndarray, hyp_len: np.ndarray, ref: np.ndarray, ref_len: 
     n, lh = hyp.shape
     if n == 0 or lh == 0 or ref.shape[1] == 0 or not (max_order or lcs):
         return np.zeros((max_order, n), dtype=np.int64), np.zeros(n, dtype=np.int64)
-    t, f = _masks(hyp, hyp_len, ref, ref_len, top, earlier=max_order > 0)
-    matches = _matches(t, f, max_order) if max_order else np.zeros((0, n), dtype=np.int64)
+    x = _masks(hyp, hyp_len, ref, ref_len, top, earlier=max_order > 0)
+    matches = _matches(x, n, max_order) if max_order else np.zeros((0, n), dtype=np.int64)
     lengths = np.zeros(n, dtype=np.int64)
     if lcs:
-        rows = _candidate_major(len(ref), n // len(ref))
-        lengths[rows] = _lcs(t, hyp_len.take(rows))
+        rows = _column_rows(len(ref), n // len(ref), False)
+        lengths[rows] = _lcs(x[:, :, :n], hyp_len.take(rows))
     return matches, lengths
