@@ -119,16 +119,18 @@ def _largest_id(h: np.ndarray, hl: np.ndarray, r: np.ndarray, rl: np.ndarray) ->
 
 
 @functools.lru_cache(maxsize=16)
-def _bleu_tables(length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """For hypothesis lengths 0 .. ``length``: log m for m = 0 .. length (log 0 = -inf),
-    [length + 1]; log t_n (0 where t_n = 0), [4, length + 1]; [t_n > 0], [4, length + 1];
-    1 / E with E = min(|h|, 4) (1 for |h| = 0), [length + 1]."""
+def _bleu_tables(length: int) -> tuple[np.ndarray, np.ndarray]:
+    """For hypothesis lengths h = 0 .. ``length``: log m for m = 0 .. length (log 0 = -inf),
+    [length + 1]; and per h, [9, length + 1]: log t_n (0 where t_n = 0) for n = 1 .. 4,
+    [t_n > 0] for n = 1 .. 4, and 1 / E with E = min(h, 4) (1 for h = 0)."""
     lengths = np.arange(length + 1)
     with np.errstate(divide="ignore"):
         logs = np.log(lengths.astype(np.float64))
     total = lengths - _ORDERS
-    return (logs, logs.take(np.maximum(total, 1)) * (total > 0), (total > 0).astype(np.float64),
-            1 / np.clip(lengths, 1, BLEU_ORDER))
+    counted = total > 0
+    per_length = np.concatenate((logs.take(np.maximum(total, 1)) * counted, counted,
+                                 1 / np.clip(lengths, 1, BLEU_ORDER)[None]))
+    return logs, per_length
 
 
 def _bleu(matches: np.ndarray, hyp_len: np.ndarray, ref_len: np.ndarray,
@@ -137,15 +139,16 @@ def _bleu(matches: np.ndarray, hyp_len: np.ndarray, ref_len: np.ndarray,
     matches [4, N] (hypotheses of at most ``longest`` tokens), in log space:
         log BLEU/100 = min(0, 1 - |r|/|h|) + sum_{n<=E} (log m_n - log t_n) / E
     with log m_n replaced by -k_n log 2 where m_n = 0, and 0 where m_1 = 0."""
-    logs, log_total, counted, inv_order = _bleu_tables(longest)
+    logs, per_length = _bleu_tables(longest)
+    log_total, counted, inv_order = np.split(per_length.take(hyp_len, axis=1), (4, 8))
     zero = matches == 0
     k = zero.astype(np.float64)  # k_n = #{n' <= n : m_n' = 0}
     for n in range(1, len(k)):
         k[n] += k[n - 1]
     lognum = np.where(zero, k * -math.log(2), logs.take(matches))
-    logp = (lognum - log_total.take(hyp_len, axis=1)) * counted.take(hyp_len, axis=1)
+    logp = (lognum * counted - log_total).sum(0)
     log_bp = np.minimum(1 - ref_len / np.maximum(hyp_len, 1), 0)
-    bleu = np.exp(log_bp + logp.sum(0) * inv_order.take(hyp_len))
+    bleu = np.exp(log_bp + logp * inv_order[0])
     bleu[zero[0]] = 0
     return bleu
 
