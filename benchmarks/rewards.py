@@ -12,13 +12,17 @@ pair, rouge-score ``RougeScorer(["rouge1", "rouge2", "rougeL"]).score(r, h)`` pe
 in one call, as one normally would); "all four" is the sum of both. Ours: ``sentence_bleu``,
 ``rouge_n(n=1)``, ``rouge_n(n=2)``, ``rouge_l`` and ``token_rewards`` (all four sharing the match
 masks), each given the 64 references once (``ref`` [64, L]: one reference for each 5
-consecutive candidates, as sequence-level training passes them).
+consecutive candidates, as sequence-level training passes them). The last two rows give
+``sentence_bleu`` a [320, L] reference tensor instead (the repeat inside the timing): each
+reference repeated for its 5 candidates (the rewards find the runs of equal rows and look each
+reference up once), and the same with the padding after each reference set to its row's
+number, so that no runs are found and every pair is done on its own (no sharing).
 ``torch.set_num_threads(1)``. Every repeat times each method once over all batches, the
 methods interleaved so that background load hits them alike, after one warm-up repeat; the
 table gives the median over repeats of pairs/s (wall clock), and the speed-ups are the medians
-of the per-repeat ratios, of wall-clock time and of the thread's CPU time (the latter leaves out
-the time the process waits for a core under background load). Target: >= 50x the per-sentence
-libraries. The table is printed and written to benchmarks/results/rewards.md.
+of the per-repeat ratios, of wall-clock time and of the thread's CPU time (the latter leaves
+out the time the process waits for a core under background load). Target: >= 50x the
+per-sentence libraries. The table is printed and written to benchmarks/results/rewards.md.
 """
 
 from __future__ import annotations
@@ -63,6 +67,14 @@ def make_batch(seed: int) -> Batch:
     return hyp, hyp_len, ref, ref_len
 
 
+def unshared(ref: torch.Tensor, ref_len: torch.Tensor) -> torch.Tensor:
+    """The references repeated for their candidates, with the padding after each length set to
+    the row's number: the same pairs, but the rows are no longer runs of equal rows."""
+    rows = ref.repeat_interleave(CANDIDATES, 0)
+    pad = torch.arange(rows.shape[1]) >= ref_len.repeat_interleave(CANDIDATES).unsqueeze(1)
+    return torch.where(pad, torch.arange(len(rows)).unsqueeze(1), rows)
+
+
 def texts(batch: Batch) -> list[tuple[str, str]]:
     """(hypothesis, reference) strings of every candidate."""
     hyp, hyp_len, ref, ref_len = (t.tolist() for t in batch)
@@ -104,10 +116,17 @@ def main() -> None:
         "rouge_n(2)": ours(lambda b: rouge_n(*b, n=2)),
         "rouge_l": ours(lambda b: rouge_l(*b)),
         "token_rewards (all four)": ours(lambda b: token_rewards(*b)),
+        "sentence_bleu, reference repeated per candidate": ours(lambda b: sentence_bleu(
+            b[0], b[1], b[2].repeat_interleave(CANDIDATES, 0),
+            b[3].repeat_interleave(CANDIDATES))),
+        "sentence_bleu, 320 unshared references": ours(lambda b: sentence_bleu(
+            b[0], b[1], unshared(b[2], b[3]), b[3].repeat_interleave(CANDIDATES))),
     }
     baseline = {"sentence_bleu": ("sacrebleu",), "rouge_n(1)": ("rouge-score",),
                 "rouge_n(2)": ("rouge-score",), "rouge_l": ("rouge-score",),
-                "token_rewards (all four)": ("sacrebleu", "rouge-score")}
+                "token_rewards (all four)": ("sacrebleu", "rouge-score"),
+                "sentence_bleu, reference repeated per candidate": ("sacrebleu",),
+                "sentence_bleu, 320 unshared references": ("sacrebleu",)}
     seconds: dict[str, list[float]] = {k: [] for k in methods}  # wall clock
     cpu: dict[str, list[float]] = {k: [] for k in methods}  # this thread's CPU time
     for rep in range(args.repeats + 1):

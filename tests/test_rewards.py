@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 from rouge_score.rouge_scorer import RougeScorer
 from sacrebleu.metrics import BLEU
 
+import harness.training.rewards as rewards_mod
 from harness.training.rewards import (
     REWARDS,
     neg_mae,
@@ -172,17 +174,33 @@ def test_shared_references_equal_repeated_references() -> None:
     refs = [r for _, r in random_pairs(rng, 15, 40, vocab=(3, 20))]
     pairs = [(h, refs[i // k]) for i, (h, _) in
              enumerate(random_pairs(rng, 15 * k, 40, vocab=(3, 20)))]
-    hyp, hl, ref, rl = batch(pairs, rng)
-    repeated = token_rewards(hyp, hl, ref, rl)
+    hyp, hl, ref, rl = batch(pairs, rng, pad=0)
+    repeated = token_rewards(hyp, hl, ref, rl)  # runs of k equal rows: looked up once
     shared = token_rewards(hyp, hl, ref[::k], rl[::k])
+    one_by_one = ref.clone()
+    one_by_one[1::k, -1] = 5  # other padding: rows differ, no runs, one lookup per row
+    independent = token_rewards(hyp, hl, one_by_one, rl)
     for name in REWARDS:
         assert torch.equal(shared[name], repeated[name])
+        assert torch.equal(shared[name], independent[name])
     assert torch.equal(rouge_n(hyp, hl, ref[::k], rl[::k], n=3), rouge_n(hyp, hl, ref, rl, n=3))
     assert_matches(pairs)
     with pytest.raises(ValueError, match="one reference for each K"):
         token_rewards(hyp, hl, ref[:7], rl[:7])  # 60 hypotheses, 7 references
     with pytest.raises(ValueError, match=r"hyp_len and ref_len must be \[60\] and \[15\]"):
         token_rewards(hyp, hl, ref[::k], rl)
+
+
+def test_runs_of_repeated_references_are_found() -> None:
+    ref = np.array([[1, 2], [1, 2], [1, 2], [3, 4], [3, 4], [3, 4]])
+    lengths = np.array([2, 2, 2, 2, 2, 2])
+    assert rewards_mod._run_length(ref, lengths) == 3
+    assert rewards_mod._run_length(ref[:4], lengths[:4]) == 1  # runs of 3 and 1
+    assert rewards_mod._run_length(ref[[0, 1, 3, 4]], lengths[:4]) == 2
+    assert rewards_mod._run_length(ref[:3], lengths[:3]) == 3  # one source
+    assert rewards_mod._run_length(ref[2:], lengths[2:]) == 1  # first two differ
+    assert rewards_mod._run_length(ref, np.array([2, 2, 1, 2, 2, 2])) == 1  # lengths differ
+    assert rewards_mod._run_length(ref[[0, 3, 0, 3]], lengths[:4]) == 1
 
 
 def test_other_integer_dtypes_give_the_same_rewards() -> None:

@@ -81,8 +81,11 @@ class _Pairs:
             h, r = h[:, :lh], r[:, :lr]
             if lh and lr:
                 self.top = _largest_id(h, hl, r, rl)
-        self.hyp, self.hyp_len, self.ref, self.ref_len = h, hl, r, rl
         self.ref_len_per_hyp = np.repeat(rl, self.group)
+        if self.group == 1 and len(r) > 1:  # references repeated for their candidates:
+            repeats = _run_length(r, rl)   # look each one up once
+            r, rl, self.group = r[::repeats], rl[::repeats], repeats
+        self.hyp, self.hyp_len, self.ref, self.ref_len = h, hl, r, rl
 
     def stats(self, max_order: int, lcs: bool) -> tuple[np.ndarray, np.ndarray]:
         """Clipped matches [max_order, N] and LCS lengths [N] (``ngram_match.ngram_stats``)."""
@@ -101,6 +104,20 @@ def _int64(t: Tensor) -> np.ndarray:
     """The tensor as an int64 array (its own memory for a CPU int64 tensor)."""
     a = (t if t.device.type == "cpu" else t.cpu()).numpy()  # integer tensors carry no grad
     return a if a.dtype == np.int64 else a.astype(np.int64)
+
+
+def _run_length(ref: np.ndarray, ref_len: np.ndarray) -> int:
+    """K when the rows come in runs of K equal rows (ids, padding included, and lengths)
+    starting at rows 0, K, 2K, ...; else 1."""
+    if ref_len[0] != ref_len[1] or not np.array_equal(ref[0], ref[1]):
+        return 1
+    same = (ref[1:] == ref[:-1]).all(axis=1) & (ref_len[1:] == ref_len[:-1])
+    first = int(np.argmin(same)) + 1 if not same.all() else len(ref)  # length of the first run
+    if len(ref) % first:
+        return 1
+    expected = np.ones(len(same), dtype=bool)
+    expected[first - 1 :: first] = False
+    return first if np.array_equal(same, expected) else 1
 
 
 def _largest_id(h: np.ndarray, hl: np.ndarray, r: np.ndarray, rl: np.ndarray) -> int:
