@@ -167,13 +167,16 @@ def test_very_long_sentences_match_the_libraries() -> None:
     assert_matches(pairs, seed=3)
 
 
-def test_shared_references_equal_repeated_references() -> None:
-    """ref [N / K, L]: row s is the reference of hypotheses s*K .. s*K + K - 1."""
+@pytest.mark.parametrize("max_len, ids", [(40, None), (150, [(a << 20) | 5 for a in range(9)])])
+def test_shared_references_equal_repeated_references(max_len: int, ids: list[int] | None
+                                                     ) -> None:
+    """ref [N / K, L]: row s is the reference of hypotheses s*K .. s*K + K - 1 (also with
+    several mask words and ids of several digits)."""
     rng = random.Random(17)
     k = 4
-    refs = [r for _, r in random_pairs(rng, 15, 40, vocab=(3, 20))]
+    refs = [r for _, r in random_pairs(rng, 15, max_len, vocab=(3, 8), ids=ids)]
     pairs = [(h, refs[i // k]) for i, (h, _) in
-             enumerate(random_pairs(rng, 15 * k, 40, vocab=(3, 20)))]
+             enumerate(random_pairs(rng, 15 * k, max_len, vocab=(3, 8), ids=ids))]
     hyp, hl, ref, rl = batch(pairs, rng, pad=0)
     repeated = token_rewards(hyp, hl, ref, rl)  # runs of k equal rows: looked up once
     shared = token_rewards(hyp, hl, ref[::k], rl[::k])
