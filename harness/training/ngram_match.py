@@ -56,18 +56,16 @@ def _bits_below(length: int) -> np.ndarray:
     return np.where(np.arange(length) < np.arange(length + 1)[:, None], bit, 0)
 
 
-@functools.lru_cache(maxsize=128)
-def _before(length: int, words: int) -> np.ndarray:
-    """[W, L, 1]: for each position j, the bits of the positions j' < j (word by word)."""
-    start = np.arange(words)[:, None] * _B
-    count = np.clip(np.arange(length) - start, 0, _B)
-    return (np.left_shift(1, count) - 1)[:, :, None]
-
-
 def _low_bits(n: np.ndarray, words: int) -> np.ndarray:
     """[W, len(n)] masks with bits 0 .. n - 1 set (word by word)."""
     count = np.clip(n - np.arange(words)[:, None] * _B, 0, _B)
     return np.left_shift(1, count) - 1
+
+
+@functools.lru_cache(maxsize=128)
+def _before(length: int, words: int) -> np.ndarray:
+    """[W, L, 1]: for each position j, the bits of the positions j' < j (word by word)."""
+    return _low_bits(np.arange(length), words)[:, :, None]
 
 
 def _digit_plan(top: int) -> tuple[int, int]:
@@ -111,17 +109,19 @@ def _masks(hyp: np.ndarray, hyp_len: np.ndarray, ref: np.ndarray, ref_len: np.nd
     blocks = group + 1 if earlier else group  # columns: blocks x S
     at_off = (_column_rows(s, group, earlier) * size).reshape(blocks, s)
     rows = n + s if earlier else n
-    keys = [(hyp, _bits_below(lh).take(hyp_len, axis=0), 0, lh)]
+    keys = [(hyp, _bits_below(lh).take(hyp_len, axis=0), 0)]
     if earlier:
-        keys.append((ref, _bits_below(lr).take(ref_len, axis=0), n, lr))
+        keys.append((ref, _bits_below(lr).take(ref_len, axis=0), n))
+    # table offset of each key position: its row, and its mask word
+    offsets = [(np.arange(first, first + len(ids), dtype=np.int64) * size)[:, None]
+               + (_position_bits(ids.shape[1])[1] * (rows * size) if words > 1 else 0)
+               for ids, _, first in keys]
     x = np.empty((words, lr, blocks * s), dtype=np.int64)
     for d in range(digits):
         table = np.zeros(words * rows * size, dtype=np.int64)
-        for ids, bits, first, length in keys:
+        for (ids, bits, _), offset in zip(keys, offsets, strict=True):
             key = np.bitwise_and(ids if d == 0 else ids >> (d * dbits), low)
-            key += (np.arange(first, first + len(ids), dtype=np.int64) * size)[:, None]
-            if words > 1:
-                key += _position_bits(length)[1] * (rows * size)
+            key += offset
             np.add.at(table, key.ravel(), bits.ravel())
         digit = np.bitwise_and(ref_at if d == 0 else ref_at >> (d * dbits), low)
         where = (digit[:, None, :] + at_off).reshape(lr, blocks * s)  # [Lr, columns]
