@@ -6,7 +6,7 @@ SUITE ?= ablations/quick.yaml
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 
-.PHONY: install quick test lint
+.PHONY: install quick test test-fast lint
 
 install:
 	@if ! $(PYTHON) -c "import torch" >/dev/null 2>&1 && ! command -v nvidia-smi >/dev/null 2>&1; then \
@@ -16,10 +16,14 @@ install:
 	$(PYTHON) -m pip install -q -e ".[test]"
 
 quick: install
-	$(PYTHON) -m harness run $(SUITE)
+	$(PYTHON) -m lstm_harness run $(SUITE)
 
 test: install
 	$(PYTHON) -m pytest -q
+
+# the inner loop: everything but the tests marked slow (Ray end to end, clusters, faults)
+test-fast:
+	$(PYTHON) -m pytest -q -m "not slow"
 
 lint:
 	$(PYTHON) -m ruff check .

@@ -72,10 +72,10 @@ def build(name: str, hidden: int):
         _, layers, bi = name.split(":")
         return nn.LSTM(hidden, hidden, int(layers), batch_first=True,
                        bidirectional=bi == "True"), "nn.LSTM"
-    from harness.config import ModelConfig
-    from harness.models.layers import FusedLSTMLayer
-    from harness.models.seq2seq import rates_from
-    from harness.models.stack import LSTMStack
+    from lstm_harness.config import ModelConfig
+    from lstm_harness.models.layers import FusedLSTMLayer
+    from lstm_harness.models.seq2seq import rates_from
+    from lstm_harness.models.stack import LSTMStack
 
     cfg = ModelConfig(hidden=hidden, embed=hidden, **VARIANTS[name][0])
     self_attention = cfg.attention is not None and cfg.attention.type == "self"

@@ -29,7 +29,7 @@ CHILD = r"""
 import json, sys, time
 import torch
 torch.set_num_threads(2)
-from tasks.translation import TranslationParams, TranslationTask
+from lstm_harness.tasks.translation import TranslationParams, TranslationTask
 
 started = time.perf_counter()
 task = TranslationTask(TranslationParams(lang=sys.argv[1]))
@@ -42,7 +42,7 @@ print(json.dumps({"total": total, **task.prep_seconds, "vocab": task.src_vocab_s
 
 OFFLINE_CHILD = r"""
 import time
-from tasks.data import DataError, read_hub_pairs
+from lstm_harness.tasks.data import DataError, read_hub_pairs
 started = time.perf_counter()
 try:
     read_hub_pairs("bentrevett/multi30k", None, ("en", "de"))

@@ -34,10 +34,10 @@ from pathlib import Path
 import torch
 from mlflow.tracking import MlflowClient
 
-from harness import run_schema as rs
-from harness.suite import load_suite
-from harness.tracking import trial_runs
-from harness.trial import Runtime, execute_trial
+from lstm_harness import run_schema as rs
+from lstm_harness.suite import load_suite
+from lstm_harness.tracking import trial_runs
+from lstm_harness.trial import Runtime, execute_trial
 
 OUT = Path(__file__).parent / "results" / "harness_overhead.md"
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-import harness.trial as trial_module
-from harness.suite import resolve_config
-from harness.trial import Runtime, execute_trial
+import lstm_harness.trial as trial_module
+from lstm_harness.suite import resolve_config
+from lstm_harness.trial import Runtime, execute_trial
 
 CONFIGS = {
     "off": {"grad_anomaly": False},

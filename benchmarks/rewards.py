@@ -39,7 +39,7 @@ import torch
 from rouge_score.rouge_scorer import RougeScorer
 from sacrebleu.metrics import BLEU
 
-from harness.training.rewards import rouge_l, rouge_n, sentence_bleu, token_rewards
+from lstm_harness.training.rewards import rouge_l, rouge_n, sentence_bleu, token_rewards
 
 SOURCES, CANDIDATES, VOCAB, MIN_LEN, MAX_LEN, NOISE = 64, 5, 1000, 20, 60, 0.3
 

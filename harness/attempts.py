@@ -17,8 +17,8 @@ import sys
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
-from harness import run_schema as rs
-from harness.tracking import trial_runs
+from lstm_harness import run_schema as rs
+from lstm_harness.tracking import trial_runs
 
 LOST_BEFORE_CHECKPOINT = ("attempt lost before its first checkpoint (process or node died); "
                           "the trial restarted from step 0 in run {run_id}")

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 def load(path: Path, check_data: bool = False):
     """The validated suite, or None after printing why not. ``check_data``: also read the
     tasks' local data files (``validate`` and ``run``; not needed to read results)."""
-    from harness.suite import SuiteError, load_suite
+    from lstm_harness.suite import SuiteError, load_suite
 
     try:
         suite = load_suite(path)
@@ -108,7 +108,7 @@ def load(path: Path, check_data: bool = False):
         error(str(exc))
         return None
     if check_data:
-        from harness.data_check import data_file_errors
+        from lstm_harness.data_check import data_file_errors
 
         problems = data_file_errors(suite)
         if problems:
@@ -135,10 +135,15 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from harness.provenance import git_commit
-    from harness.results import write_results
-    from harness.runner import RunOptions, run_suite
-    from harness.tracking import TrackingError, check_store, resolve_tracking_uri, writable_problem
+    from lstm_harness.provenance import git_commit
+    from lstm_harness.results import write_results
+    from lstm_harness.runner import RunOptions, run_suite
+    from lstm_harness.tracking import (
+        TrackingError,
+        check_store,
+        resolve_tracking_uri,
+        writable_problem,
+    )
 
     suite = load(args.suite, check_data=True)
     if suite is None:
@@ -190,7 +195,7 @@ def cluster_problem(address: str | None) -> str | None:
     """Why ``--address`` (without it, ``$RAY_ADDRESS``, which ``ray.init`` reads then) leads
     to no Ray cluster (None: it does, or neither is set). A quick TCP check: ``ray.init``
     itself retries for minutes on an address where nothing listens."""
-    from harness.endpoints import ray_address_problem
+    from lstm_harness.endpoints import ray_address_problem
 
     source = "--address"
     if address is None and os.environ.get("RAY_ADDRESS"):
@@ -205,8 +210,8 @@ def cluster_problem(address: str | None) -> str | None:
 
 
 def cmd_table(args) -> int:
-    from harness.results import write_results
-    from harness.tracking import resolve_tracking_uri
+    from lstm_harness.results import write_results
+    from lstm_harness.tracking import resolve_tracking_uri
 
     suite = load(args.suite)
     if suite is None:
@@ -221,8 +226,8 @@ def cmd_table(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from harness.report import ReportError, write_report
-    from harness.tracking import resolve_tracking_uri
+    from lstm_harness.report import ReportError, write_report
+    from lstm_harness.tracking import resolve_tracking_uri
 
     suite = load(args.suite)
     if suite is None:
@@ -237,7 +242,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_tasks(args) -> int:
-    from harness.registry import TaskLookupError, installed_task_names, load_task_class
+    from lstm_harness.registry import TaskLookupError, installed_task_names, load_task_class
 
     status = EXIT_OK
     for name in installed_task_names():
@@ -272,8 +277,8 @@ def ui_command(uri: str, host: str, port: int) -> list[str]:
 
 
 def cmd_ui(args) -> int:
-    from harness.endpoints import is_loopback, port_problem
-    from harness.tracking import TrackingError, check_store, resolve_tracking_uri, sqlite_path
+    from lstm_harness.endpoints import is_loopback, port_problem
+    from lstm_harness.tracking import TrackingError, check_store, resolve_tracking_uri, sqlite_path
 
     uri = resolve_tracking_uri(args.tracking_uri, args.runs_dir)
     try:

@@ -11,12 +11,12 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from harness.strict import Strict
-from harness.training.clipping import ClipConfig
-from harness.training.curriculum import CurriculumConfig
-from harness.training.losses import LossConfig
-from harness.training.lr_schedules import LRScheduleConfig
-from harness.training.schedules import DropoutScheduleConfig, SamplingConfig
+from lstm_harness.strict import Strict
+from lstm_harness.training.clipping import ClipConfig
+from lstm_harness.training.curriculum import CurriculumConfig
+from lstm_harness.training.losses import LossConfig
+from lstm_harness.training.lr_schedules import LRScheduleConfig
+from lstm_harness.training.schedules import DropoutScheduleConfig, SamplingConfig
 
 Rate = Field(0.0, ge=0, lt=1)
 

@@ -8,8 +8,8 @@ corpora and hub datasets are left to the trials (the hub may be slow or offline)
 
 from __future__ import annotations
 
-from harness.suite import Suite, task_label
-from tasks.data import DataError, read_pair_files
+from lstm_harness.suite import Suite, task_label
+from lstm_harness.tasks.data import DataError, read_pair_files
 
 
 def data_file_errors(suite: Suite) -> list[str]:

@@ -27,8 +27,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from harness import run_schema as rs  # noqa: E402
-from harness.plots import metric_histories, save  # noqa: E402
+from lstm_harness import run_schema as rs  # noqa: E402
+from lstm_harness.plots import metric_histories, save  # noqa: E402
 
 __all__ = [
     "BAND_GID",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from tasks.base import TaskBase
+from lstm_harness.tasks.base import TaskBase
 
 GROUP = "lstm_harness.tasks"
 
@@ -32,6 +32,7 @@ def load_task_class(name: str) -> type[TaskBase]:
             f"task plugin '{name}' ({entry.value}) failed to import: "
             f"{type(exc).__name__}: {exc}") from exc
     if not (isinstance(cls, type) and issubclass(cls, TaskBase)):
-        raise TaskLookupError(f"task plugin '{name}' ({entry.value}) is not a tasks.base.Task or "
-                               "tasks.base.ForecastTask")
+        raise TaskLookupError(f"task plugin '{name}' ({entry.value}) is not a "
+                               "lstm_harness.tasks.base.Task or "
+                               "lstm_harness.tasks.base.ForecastTask")
     return cls

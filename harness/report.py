@@ -30,13 +30,13 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from harness import run_schema as rs
-from harness.diagnostic_plots import diagnostic_figures, ranges_from_params
-from harness.plots import learning_curves, schedule_curves
-from harness.provenance import git_commit, machine, package_versions
-from harness.results import layout_for
-from harness.suite import Suite
-from harness.tables import VARIANT_COL, Table, build_table, load_trial_runs
+from lstm_harness import run_schema as rs
+from lstm_harness.diagnostic_plots import diagnostic_figures, ranges_from_params
+from lstm_harness.plots import learning_curves, schedule_curves
+from lstm_harness.provenance import git_commit, machine, package_versions
+from lstm_harness.results import layout_for
+from lstm_harness.suite import Suite
+from lstm_harness.tables import VARIANT_COL, Table, build_table, load_trial_runs
 
 __all__ = ["GateFlag", "ReportError", "RowDiagnostics", "render_report", "write_report"]
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.diagnostic_plots import diagnostic_figures
-from harness.plots import learning_curves, schedule_curves
-from harness.provenance import write_run_md
-from harness.suite import Suite
-from harness.tables import TableLayout, build_table, load_trial_runs, write_table
+from lstm_harness.diagnostic_plots import diagnostic_figures
+from lstm_harness.plots import learning_curves, schedule_curves
+from lstm_harness.provenance import write_run_md
+from lstm_harness.suite import Suite
+from lstm_harness.tables import TableLayout, build_table, load_trial_runs, write_table
 
 
 def layout_for(suite: Suite) -> TableLayout:

@@ -16,10 +16,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import run_schema as rs
-from harness.suite import Suite
-from harness.tracking import end_run, finished_trial_runs, prepare_experiment, start_launch_run
-from harness.trial import Runtime, tune_trainable
+from lstm_harness import run_schema as rs
+from lstm_harness.suite import Suite
+from lstm_harness.tracking import end_run, finished_trial_runs, prepare_experiment, start_launch_run
+from lstm_harness.trial import Runtime, tune_trainable
 
 
 @dataclass
@@ -126,7 +126,7 @@ def _trainable(suite: Suite, opts: RunOptions, experiment_id: str, parent: str |
 
 def _table_progress(suite: Suite, total: int, skipped: int):
     """The live view of the table's trials; says how many finished in earlier launches."""
-    from harness.progress import ProgressView
+    from lstm_harness.progress import ProgressView
 
     progress = ProgressView(suite.name, total=total, already_done=skipped)
     if skipped:
@@ -160,7 +160,7 @@ def _run_stage(todo: list[dict], trainable, storage: Path, name: str, opts: RunO
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     grid = tuner.fit()
-    from harness.progress import error_reason  # imports ray.tune: not at the CLI's start
+    from lstm_harness.progress import error_reason  # imports ray.tune: not at the CLI's start
 
     failed = {}
     for result in grid:
@@ -174,9 +174,9 @@ def _run_optuna_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
     then run the suite's trials with each study's best values (tune, then ablate)."""
     from rich.console import Console
 
-    from harness import search as sr
-    from harness.search_space import describe
-    from harness.suite import fingerprint
+    from lstm_harness import search as sr
+    from lstm_harness.search_space import describe
+    from lstm_harness.suite import fingerprint
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     spec = suite.spec.search

@@ -41,11 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import run_schema as rs
-from harness.config import flatten
-from harness.suite import Suite, evaluation_count, fingerprint, resolve_config
-from harness.tracking import finished_trial_runs
-from harness.trial import Runtime, tune_trainable
+from lstm_harness import run_schema as rs
+from lstm_harness.config import flatten
+from lstm_harness.suite import Suite, evaluation_count, fingerprint, resolve_config
+from lstm_harness.tracking import finished_trial_runs
+from lstm_harness.trial import Runtime, tune_trainable
 
 _STRICT_CHECK = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
 STOPPED_BY_ASHA = "stopped early by ASHA (not a failure)"
@@ -220,8 +220,8 @@ def _lenient_metric_check() -> Iterator[None]:
 
 def search_progress_class():
     """The live view, one line per search trial (they share their trial dict's key)."""
-    from harness.progress import ProgressView
-    from harness.search_space import describe
+    from lstm_harness.progress import ProgressView
+    from lstm_harness.search_space import describe
 
     class SearchProgress(ProgressView):
         @staticmethod
@@ -295,7 +295,7 @@ def run_search(suite: Suite, target: Target, remaining: int, run: SearchRun) -> 
     close_running(run.url, name)
     if scheduler is not None:
         mark_stopped_runs(run.runtime, f"{base['key']}|search-")
-    from harness.progress import error_reason
+    from lstm_harness.progress import error_reason
 
     return [error_reason(str(r.error)) for r in grid if r.error is not None]
 

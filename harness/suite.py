@@ -19,11 +19,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harness.config import TrialConfig, set_dotted
-from harness.registry import TaskLookupError, load_task_class
-from harness.search_space import Distribution, parse_distribution
-from harness.training.losses import SEQUENCE_LOSSES
-from tasks.base import TaskBase
+from lstm_harness.config import TrialConfig, set_dotted
+from lstm_harness.registry import TaskLookupError, load_task_class
+from lstm_harness.search_space import Distribution, parse_distribution
+from lstm_harness.tasks.base import TaskBase
+from lstm_harness.training.losses import SEQUENCE_LOSSES
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 VALID = "valid."

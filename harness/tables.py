@@ -47,8 +47,8 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from harness import run_schema as rs
-from harness.search_space import describe
+from lstm_harness import run_schema as rs
+from lstm_harness.search_space import describe
 
 __all__ = [
     "Cell",

@@ -19,8 +19,8 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from harness import run_schema as rs
-from harness.config import flatten
+from lstm_harness import run_schema as rs
+from lstm_harness.config import flatten
 
 
 class TrackingError(RuntimeError):
@@ -83,7 +83,7 @@ def check_store(tracking_uri: str, absolute: bool = True) -> None:
                                 "--runs-dir or --tracking-uri with a writable place)")
         return
     if tracking_uri.startswith(("http://", "https://")):
-        from harness.endpoints import split_host_port, tcp_problem
+        from lstm_harness.endpoints import split_host_port, tcp_problem
 
         default = 443 if tracking_uri.startswith("https") else 80
         try:

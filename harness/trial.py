@@ -18,18 +18,18 @@ from typing import Any
 
 import torch
 
-from harness import run_schema as rs
-from harness.attempts import close_lost_attempts, fail_running_attempts, record_attempt
-from harness.config import TrialConfig
-from harness.diagnostics.monitor import Monitors
-from harness.models.factory import build_model
-from harness.models.seq2seq import Seq2Seq, count_parameters
-from harness.registry import load_task_class
-from harness.tracking import TrialTracker
-from harness.training.evaluate import evaluate
-from harness.training.loop import TrainState, train
-from harness.training.optim import make_optimizer
-from harness.training.techniques import Techniques
+from lstm_harness import run_schema as rs
+from lstm_harness.attempts import close_lost_attempts, fail_running_attempts, record_attempt
+from lstm_harness.config import TrialConfig
+from lstm_harness.diagnostics.monitor import Monitors
+from lstm_harness.models.factory import build_model
+from lstm_harness.models.seq2seq import Seq2Seq, count_parameters
+from lstm_harness.registry import load_task_class
+from lstm_harness.tracking import TrialTracker
+from lstm_harness.training.evaluate import evaluate
+from lstm_harness.training.loop import TrainState, train
+from lstm_harness.training.optim import make_optimizer
+from lstm_harness.training.techniques import Techniques
 
 CHECKPOINT_FILE = "trial.pt"
 
@@ -173,7 +173,7 @@ def log_diagnostic_figures(tracker: TrialTracker, tracking_uri: str, key: str) -
     ``diagnostics/``."""
     import pandas as pd
 
-    from harness.diagnostic_plots import diagnostic_figures
+    from lstm_harness.diagnostic_plots import diagnostic_figures
 
     metrics = tracker.client.get_run(tracker.run_id).data.metrics
     runs = pd.DataFrame([{"run_id": tracker.run_id,
@@ -194,7 +194,7 @@ def reference_metrics(task) -> dict[str, float]:
 def start_from_trial(model: torch.nn.Module, runtime: Runtime, key: str, suite: str) -> None:
     """Load the final weights of the suite's finished trial ``key`` into ``model``
     (``train.init_from``: for example a cross-entropy model to fine-tune)."""
-    from harness.tracking import load_trial_artifacts
+    from lstm_harness.tracking import load_trial_artifacts
 
     with tempfile.TemporaryDirectory() as folder:
         _, weights = load_trial_artifacts(runtime.tracking_uri, key, suite, Path(folder))
@@ -208,8 +208,8 @@ def start_from_trial(model: torch.nn.Module, runtime: Runtime, key: str, suite: 
 def load_trial_model(runtime: Runtime, reference: str, suite: str, task,
                      device: torch.device) -> torch.nn.Module:
     """The final model of a finished trial (``KEY`` or ``SUITE:KEY``), for scoring."""
-    from harness.config import ModelConfig
-    from harness.tracking import load_trial_artifacts
+    from lstm_harness.config import ModelConfig
+    from lstm_harness.tracking import load_trial_artifacts
 
     with tempfile.TemporaryDirectory() as folder:
         named, weights = load_trial_artifacts(runtime.tracking_uri, reference, suite,
@@ -226,7 +226,7 @@ def load_trial_model(runtime: Runtime, reference: str, suite: str, task,
 def log_attention_figure(model: Seq2Seq, task, device: torch.device,
                          tracker: TrialTracker) -> None:
     """The attention heatmap of the first validation example, as a PNG artifact."""
-    from harness.plots import attention_heatmap
+    from lstm_harness.plots import attention_heatmap
 
     batch = next(iter(task.eval_batches("valid", 1))).to(device)
     model.eval()

@@ -8,7 +8,14 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from tasks.base import N_SPECIAL, Direction, Seq2SeqBatch, Task, TaskParams, pad_sequences
+from lstm_harness.tasks.base import (
+    N_SPECIAL,
+    Direction,
+    Seq2SeqBatch,
+    Task,
+    TaskParams,
+    pad_sequences,
+)
 
 _SEED_MOD = 2**63
 _SPLITS = ("valid", "test")

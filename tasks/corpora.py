@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.data import DataError, Pair, cache_dir, stable_hash
+from lstm_harness.tasks.data import DataError, Pair, cache_dir, stable_hash
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from typing import ClassVar, Literal
 from pydantic import Field
 from rouge_score import rouge_scorer
 
-from tasks.base import Direction, TaskParams
-from tasks.corpora import docstring_pairs
-from tasks.data import Pair
-from tasks.text import TextPairTask, TextParams
+from lstm_harness.tasks.base import Direction, TaskParams
+from lstm_harness.tasks.corpora import docstring_pairs
+from lstm_harness.tasks.data import Pair
+from lstm_harness.tasks.text import TextPairTask, TextParams
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s")

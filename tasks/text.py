@@ -31,9 +31,16 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from tasks.base import Seq2SeqBatch, Task, TaskParams, pad_sequences, strip_special
-from tasks.data import Pair, assign_splits, cache_dir, read_hub_pairs, read_pair_files, stable_hash
-from tasks.tokenizer import TextTokenizer, TokenizerConfig
+from lstm_harness.tasks.base import Seq2SeqBatch, Task, TaskParams, pad_sequences, strip_special
+from lstm_harness.tasks.data import (
+    Pair,
+    assign_splits,
+    cache_dir,
+    read_hub_pairs,
+    read_pair_files,
+    stable_hash,
+)
+from lstm_harness.tasks.tokenizer import TextTokenizer, TokenizerConfig
 
 SPLITS = ("train", "valid", "test")
 ENCODING_VERSION = 2  # bump when the encoding below changes

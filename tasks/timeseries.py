@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from pydantic import Field, model_validator
 
-from tasks.base import Direction, ForecastBatch, ForecastTask, TaskParams
+from lstm_harness.tasks.base import Direction, ForecastBatch, ForecastTask, TaskParams
 
 Series = Literal["sunspots", "co2", "nile", "elnino", "macrodata", "mackey_glass"]
 Split = Literal["valid", "test"]

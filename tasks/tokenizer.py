@@ -20,8 +20,8 @@ from typing import Literal
 from pydantic import Field
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from tasks.base import BOS, EOS, N_SPECIAL, PAD, TaskParams
-from tasks.data import cache_dir, stable_hash
+from lstm_harness.tasks.base import BOS, EOS, N_SPECIAL, PAD, TaskParams
+from lstm_harness.tasks.data import cache_dir, stable_hash
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 UNK = 3

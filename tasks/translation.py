@@ -21,10 +21,10 @@ from typing import ClassVar, Literal
 import sacrebleu
 from pydantic import Field
 
-from tasks.base import Direction, TaskParams
-from tasks.corpora import gettext_pairs
-from tasks.data import Pair
-from tasks.text import TextPairTask, TextParams
+from lstm_harness.tasks.base import Direction, TaskParams
+from lstm_harness.tasks.corpora import gettext_pairs
+from lstm_harness.tasks.data import Pair
+from lstm_harness.tasks.text import TextPairTask, TextParams
 
 
 class TranslationParams(TextParams):

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from harness.trial import Runtime, execute_trial
+from lstm_harness.trial import Runtime, execute_trial
 
 
 def run_keeping_checkpoints(trial: dict[str, Any], runtime: Runtime

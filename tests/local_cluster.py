@@ -15,8 +15,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from harness import run_schema as rs
-from harness.cli import main
+from lstm_harness import run_schema as rs
+from lstm_harness.cli import main
 
 
 @contextmanager

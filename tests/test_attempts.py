@@ -9,11 +9,11 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness import run_schema as rs
-from harness.attempts import close_lost_attempts, placement_tags, record_attempt, resumed_from
-from harness.suite import load_suite
-from harness.tracking import prepare_experiment
-from harness.trial import Runtime, execute_trial
+from lstm_harness import run_schema as rs
+from lstm_harness.attempts import close_lost_attempts, placement_tags, record_attempt, resumed_from
+from lstm_harness.suite import load_suite
+from lstm_harness.tracking import prepare_experiment
+from lstm_harness.trial import Runtime, execute_trial
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.models.attention import Attention, LuongOutput, self_attention_context
+from lstm_harness.models.attention import Attention, LuongOutput, self_attention_context
 
 # (kind, score, coverage) for every supported combination
 COMBOS = [

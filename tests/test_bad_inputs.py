@@ -19,9 +19,9 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from harness import cli
-from harness import run_schema as rs
-from harness.cli import EXIT_BAD_INPUT, main
+from lstm_harness import cli
+from lstm_harness import run_schema as rs
+from lstm_harness.cli import EXIT_BAD_INPUT, main
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -80,12 +80,12 @@ def suite_error(tmp_path: Path, capsys, content: dict[str, Any] | str,
 
 def no_launch(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make any attempt to start Ray or the MLflow UI fail the test."""
-    import harness.runner
+    import lstm_harness.runner
 
     def refuse(*args, **kwargs):
         raise AssertionError("launched despite bad input")
 
-    monkeypatch.setattr(harness.runner, "run_suite", refuse)
+    monkeypatch.setattr(lstm_harness.runner, "run_suite", refuse)
     monkeypatch.setattr(subprocess, "call", refuse)
 
 
@@ -356,7 +356,7 @@ def test_corrupt_checkpoint_names_its_path(tmp_path, monkeypatch):
     names the file (Tune reports it as the trial's failure)."""
     from ray import tune
 
-    from harness.trial import CHECKPOINT_FILE, Runtime, tune_trainable
+    from lstm_harness.trial import CHECKPOINT_FILE, Runtime, tune_trainable
 
     folder = tmp_path / "checkpoint_000003"
     folder.mkdir()
@@ -372,7 +372,7 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path, monkeypatch):
     """weights_only=True: a checkpoint that would run code when unpickled is refused too."""
     from ray import tune
 
-    from harness.trial import CHECKPOINT_FILE, Runtime, tune_trainable
+    from lstm_harness.trial import CHECKPOINT_FILE, Runtime, tune_trainable
 
     folder = tmp_path / "checkpoint_000001"
     folder.mkdir()
@@ -423,7 +423,7 @@ def test_corrupt_checkpoint_fails_the_trial_with_its_path(tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    argv = [sys.executable, "-m", "harness", "run", str(suite), "--max-failures", "0"]
+    argv = [sys.executable, "-m", "lstm_harness", "run", str(suite), "--max-failures", "0"]
     driver = subprocess.Popen([*argv, "--no-progress"], cwd=work, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
@@ -480,14 +480,14 @@ def test_corrupt_checkpoint_fails_the_trial_with_its_path(tmp_path):
 ])
 def test_run_exit_code_and_summary(finished, failed, code, summary, tmp_path, capsys,
                                    monkeypatch):
-    import harness.results
-    import harness.runner
-    from harness.runner import RunOutcome
+    import lstm_harness.results
+    import lstm_harness.runner
+    from lstm_harness.runner import RunOutcome
 
     path = write_suite(tmp_path, {**SUITE, "name": "s"})
     outcome = RunOutcome(total=2, skipped=0, finished=finished, failed=failed)
-    monkeypatch.setattr(harness.runner, "run_suite", lambda suite, opts: outcome)
-    monkeypatch.setattr(harness.results, "write_results", lambda *args, **kwargs: [])
+    monkeypatch.setattr(lstm_harness.runner, "run_suite", lambda suite, opts: outcome)
+    monkeypatch.setattr(lstm_harness.results, "write_results", lambda *args, **kwargs: [])
     assert main(["run", str(path)]) == code
     err = ANSI.sub("", capsys.readouterr().err)
     assert summary in err, err

@@ -9,9 +9,9 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from harness.models.dropout import DropoutRates
-from harness.models.layers import FusedLSTMLayer
-from harness.training.clipping import ClipConfig, GradientClipper, gate_blocks
+from lstm_harness.models.dropout import DropoutRates
+from lstm_harness.models.layers import FusedLSTMLayer
+from lstm_harness.training.clipping import ClipConfig, GradientClipper, gate_blocks
 
 
 class TwoParams(nn.Module):

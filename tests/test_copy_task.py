@@ -6,8 +6,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from tasks.base import EOS, N_SPECIAL, PAD, Seq2SeqBatch
-from tasks.copy import CopyParams, CopyTask
+from lstm_harness.tasks.base import EOS, N_SPECIAL, PAD, Seq2SeqBatch
+from lstm_harness.tasks.copy import CopyParams, CopyTask
 
 
 def make(**kwargs: object) -> CopyTask:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import corpora
-from tasks.corpora import (
+from lstm_harness.tasks import corpora
+from lstm_harness.tasks.corpora import (
     clean_gettext_entry,
     docstring_pairs,
     gettext_pairs,
@@ -17,7 +17,7 @@ from tasks.corpora import (
     read_gettext,
     split_docstring,
 )
-from tasks.data import DataError
+from lstm_harness.tasks.data import DataError
 
 SYSTEM_DE = Path("/usr/share/locale/de/LC_MESSAGES")
 HEADER = "Content-Type: text/plain; charset={charset}\nLast-Translator: Ralf B\xe4chle\n"

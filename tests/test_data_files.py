@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tasks import data
-from tasks.data import DataError, assign_splits, hash_split, read_hub_pairs, read_pair_files
+from lstm_harness.tasks import data
+from lstm_harness.tasks.data import (
+    DataError,
+    assign_splits,
+    hash_split,
+    read_hub_pairs,
+    read_pair_files,
+)
 
 COLUMNS = ("src", "tgt")
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.config import AttentionConfig, ModelConfig
-from harness.models.seq2seq import DecoderState, Memory, Seq2Seq
-from harness.training.decoding import (
+from lstm_harness.config import AttentionConfig, ModelConfig
+from lstm_harness.models.seq2seq import DecoderState, Memory, Seq2Seq
+from lstm_harness.tasks.base import BOS, EOS, PAD, Seq2SeqBatch, pad_sequences
+from lstm_harness.training.decoding import (
     Decoded,
     beam_search,
     expand_memory,
@@ -20,7 +21,6 @@ from harness.training.decoding import (
     sample,
     sequence_logprob,
 )
-from tasks.base import BOS, EOS, PAD, Seq2SeqBatch, pad_sequences
 
 SRC_VOCAB, TGT_VOCAB = 9, 8
 

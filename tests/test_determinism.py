@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from checkpoints import final_test_metrics, run_keeping_checkpoints
 
-from harness.suite import load_suite
-from harness.trial import Runtime, execute_trial
+from lstm_harness.suite import load_suite
+from lstm_harness.trial import Runtime, execute_trial
 
 RUNTIME = Runtime(tracking_uri=None, experiment_id=None, parent_run_id=None)
 

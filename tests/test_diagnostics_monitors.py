@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from harness.config import ModelConfig
-from harness.diagnostics.gradients import (
+from lstm_harness.config import ModelConfig
+from lstm_harness.diagnostics.gradients import (
     GradientAction,
     GradientAnomalyDetector,
     NonFiniteError,
@@ -20,8 +20,8 @@ from harness.diagnostics.gradients import (
     grad_norm,
     layer_grad_norms,
 )
-from harness.diagnostics.info_flow import information_flow, label_entropy
-from harness.diagnostics.landscape import (
+from lstm_harness.diagnostics.info_flow import information_flow, label_entropy
+from lstm_harness.diagnostics.landscape import (
     _per_step_fused_forward,
     distance_from_init,
     double_backward_ready,
@@ -29,10 +29,10 @@ from harness.diagnostics.landscape import (
     snapshot,
     top_hessian_eigenvalue,
 )
-from harness.models.dropout import DropoutRates
-from harness.models.factory import build_model
-from harness.models.layers import CustomLSTMLayer, FusedLSTMLayer
-from tasks.copy import CopyParams, CopyTask
+from lstm_harness.models.dropout import DropoutRates
+from lstm_harness.models.factory import build_model
+from lstm_harness.models.layers import CustomLSTMLayer, FusedLSTMLayer
+from lstm_harness.tasks.copy import CopyParams, CopyTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: faster on one thread
 

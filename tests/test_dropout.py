@@ -8,17 +8,17 @@ import pytest
 import torch
 from torch import nn
 
-from harness.config import DropoutConfig, ModelConfig
-from harness.models.dropout import (
+from lstm_harness.config import DropoutConfig, ModelConfig
+from lstm_harness.models.dropout import (
     DropoutRates,
     bernoulli_mask,
     sequence_dropout,
     set_dropout_rates,
     zoneout,
 )
-from harness.models.layers import CustomLSTMLayer, FusedLSTMLayer
-from harness.models.seq2seq import Seq2Seq
-from harness.models.stack import LSTMStack
+from lstm_harness.models.layers import CustomLSTMLayer, FusedLSTMLayer
+from lstm_harness.models.seq2seq import Seq2Seq
+from lstm_harness.models.stack import LSTMStack
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

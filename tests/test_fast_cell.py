@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from harness.models.dropout import DropoutRates
-from harness.models.layers import CustomLSTMLayer, SequenceLoop
+from lstm_harness.models.dropout import DropoutRates
+from lstm_harness.models.layers import CustomLSTMLayer, SequenceLoop
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -22,7 +22,7 @@ from local_cluster import (
 )
 from mlflow.tracking import MlflowClient
 
-from harness import run_schema as rs
+from lstm_harness import run_schema as rs
 
 pytestmark = pytest.mark.slow
 

@@ -13,18 +13,18 @@ import torch.nn.functional as F
 import yaml
 from checkpoints import final_test_metrics, run_keeping_checkpoints
 
-import harness.trial as trial_module
-from harness.config import ModelConfig, TrainConfig
-from harness.models.seq2seq import Forecaster
-from harness.suite import SuiteError, load_suite
-from harness.training.accuracy import forecast_accuracy
-from harness.training.curriculum import Curriculum, CurriculumConfig, pool_perplexity
-from harness.training.evaluate import evaluate, evaluate_forecast
-from harness.training.losses import LossConfig
-from harness.training.techniques import Techniques
-from harness.trial import Runtime, execute_trial
-from tasks.base import ForecastBatch, concat_batches
-from tasks.timeseries import TimeSeriesParams, TimeSeriesTask
+import lstm_harness.trial as trial_module
+from lstm_harness.config import ModelConfig, TrainConfig
+from lstm_harness.models.seq2seq import Forecaster
+from lstm_harness.suite import SuiteError, load_suite
+from lstm_harness.tasks.base import ForecastBatch, concat_batches
+from lstm_harness.tasks.timeseries import TimeSeriesParams, TimeSeriesTask
+from lstm_harness.training.accuracy import forecast_accuracy
+from lstm_harness.training.curriculum import Curriculum, CurriculumConfig, pool_perplexity
+from lstm_harness.training.evaluate import evaluate, evaluate_forecast
+from lstm_harness.training.losses import LossConfig
+from lstm_harness.training.techniques import Techniques
+from lstm_harness.trial import Runtime, execute_trial
 
 CPU = torch.device("cpu")
 TASK_PARAMS = {"series": "mackey_glass", "mg_length": 400, "history": 12, "horizon": 6}

@@ -12,8 +12,8 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from harness.config import ModelConfig
-from harness.diagnostics.gates import (
+from lstm_harness.config import ModelConfig
+from lstm_harness.diagnostics.gates import (
     HealthyRanges,
     cell_utilisation,
     gate_health,
@@ -22,14 +22,14 @@ from harness.diagnostics.gates import (
     model_traces,
     unhealthy,
 )
-from harness.models.dropout import DropoutRates
-from harness.models.factory import build_model
-from harness.models.layers import BidirectionalLayer, CustomLSTMLayer, FusedLSTMLayer
-from harness.models.seq2seq import Forecaster
-from harness.models.stack import LSTMStack
-from tasks.base import PAD, ForecastBatch
-from tasks.copy import CopyParams, CopyTask
-from tasks.timeseries import TimeSeriesParams, TimeSeriesTask
+from lstm_harness.models.dropout import DropoutRates
+from lstm_harness.models.factory import build_model
+from lstm_harness.models.layers import BidirectionalLayer, CustomLSTMLayer, FusedLSTMLayer
+from lstm_harness.models.seq2seq import Forecaster
+from lstm_harness.models.stack import LSTMStack
+from lstm_harness.tasks.base import PAD, ForecastBatch
+from lstm_harness.tasks.copy import CopyParams, CopyTask
+from lstm_harness.tasks.timeseries import TimeSeriesParams, TimeSeriesTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,9 +11,9 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from harness import run_schema as rs
-from harness.cli import main
-from harness.suite import SuiteError, load_suite, trial_key
+from lstm_harness import run_schema as rs
+from lstm_harness.cli import main
+from lstm_harness.suite import SuiteError, load_suite, trial_key
 
 COPY = {"name": "copy", "params": {"vocab": 5, "min_len": 2, "max_len": 4, "n_valid": 16,
                                    "n_test": 16}}

@@ -10,8 +10,8 @@ from torch.autograd import gradcheck
 from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from harness.models.dropout import DropoutRates
-from harness.models.layers import BidirectionalLayer, CustomLSTMLayer, FusedLSTMLayer
+from lstm_harness.models.dropout import DropoutRates
+from lstm_harness.models.layers import BidirectionalLayer, CustomLSTMLayer, FusedLSTMLayer
 
 B, T, X, H = 3, 6, 4, 5
 TOL = 1e-5

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from harness.training.losses import (
+from lstm_harness.training.losses import (
     LossConfig,
     sequence_focal_loss,
     sequence_loss,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from harness.training.lr_schedules import LRScheduleConfig, make_lr_scheduler
+from lstm_harness.training.lr_schedules import LRScheduleConfig, make_lr_scheduler
 
 ETA0 = 0.1
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from harness.config import ModelConfig, MonitorConfig, TrainConfig
-from harness.diagnostics.monitor import Monitors
-from harness.models.seq2seq import Seq2Seq, count_parameters, decoder_inputs
-from harness.training.evaluate import evaluate
-from harness.training.loop import TrainState, train
-from harness.training.optim import make_optimizer
-from harness.training.techniques import Techniques
-from tasks.base import BOS, EOS, PAD
-from tasks.copy import CopyParams, CopyTask
+from lstm_harness.config import ModelConfig, MonitorConfig, TrainConfig
+from lstm_harness.diagnostics.monitor import Monitors
+from lstm_harness.models.seq2seq import Seq2Seq, count_parameters, decoder_inputs
+from lstm_harness.tasks.base import BOS, EOS, PAD
+from lstm_harness.tasks.copy import CopyParams, CopyTask
+from lstm_harness.training.evaluate import evaluate
+from lstm_harness.training.loop import TrainState, train
+from lstm_harness.training.optim import make_optimizer
+from lstm_harness.training.techniques import Techniques
 
 
 def small_task(**kw) -> CopyTask:

@@ -6,15 +6,15 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-import harness.trial as trial_module
-from harness import run_schema as rs
-from harness.config import MonitorConfig
-from harness.diagnostics.gradients import NonFiniteError, TrainingStopped
-from harness.diagnostics.monitor import Monitors
-from harness.suite import resolve_config
-from harness.tracking import prepare_experiment
-from harness.trial import Runtime, execute_trial
-from tasks.copy import CopyParams, CopyTask
+import lstm_harness.trial as trial_module
+from lstm_harness import run_schema as rs
+from lstm_harness.config import MonitorConfig
+from lstm_harness.diagnostics.gradients import NonFiniteError, TrainingStopped
+from lstm_harness.diagnostics.monitor import Monitors
+from lstm_harness.suite import resolve_config
+from lstm_harness.tasks.copy import CopyParams, CopyTask
+from lstm_harness.tracking import prepare_experiment
+from lstm_harness.trial import Runtime, execute_trial
 
 TASK = {"name": "copy", "label": "copy",
         "params": {"min_len": 3, "max_len": 6, "n_valid": 64, "n_test": 32}}
@@ -143,8 +143,8 @@ def test_a_nan_gradient_names_the_parameter() -> None:
 
 def test_saturated_forget_gate_fails_the_health_summary(one_thread) -> None:
     task = CopyTask(CopyParams(min_len=3, max_len=6, n_valid=16, n_test=16))
-    from harness.config import ModelConfig
-    from harness.models.factory import build_model
+    from lstm_harness.config import ModelConfig
+    from lstm_harness.models.factory import build_model
     model = build_model(ModelConfig(embed=8, hidden=16, layers=1), task)
     mon = Monitors(MonitorConfig(gates=True), task, torch.device("cpu"))
     assert mon.final(model)["diag.forget_healthy"] in (0.0, 1.0)

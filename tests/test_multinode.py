@@ -8,8 +8,8 @@ import socket
 import pytest
 from local_cluster import local_cluster, trial_runs
 
-from harness import run_schema as rs
-from harness.cli import main
+from lstm_harness import run_schema as rs
+from lstm_harness.cli import main
 
 pytestmark = pytest.mark.slow
 

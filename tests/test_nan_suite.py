@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness import run_schema as rs
-from harness.cli import main
+from lstm_harness import run_schema as rs
+from lstm_harness.cli import main
 
 pytestmark = pytest.mark.slow
 

@@ -16,9 +16,9 @@ from mlflow.tracking import MlflowClient
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from harness import run_schema as rs
-from harness.cli import EXIT_BAD_INPUT, EXIT_OK, main
-from harness.search import (
+from lstm_harness import run_schema as rs
+from lstm_harness.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from lstm_harness.search import (
     close_running,
     expected_params,
     search_experiment,
@@ -26,9 +26,9 @@ from harness.search import (
     study_state,
     tuned_trials,
 )
-from harness.search_space import describe, format_value, parse_distribution, short_names
-from harness.suite import load_suite
-from harness.tables import TableLayout, build_table
+from lstm_harness.search_space import describe, format_value, parse_distribution, short_names
+from lstm_harness.suite import load_suite
+from lstm_harness.tables import TableLayout, build_table
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

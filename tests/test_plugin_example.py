@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from harness.registry import TaskLookupError, load_task_class
-from tasks.base import EOS, N_SPECIAL, PAD, Task
+from lstm_harness.registry import TaskLookupError, load_task_class
+from lstm_harness.tasks.base import EOS, N_SPECIAL, PAD, Task
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plugin-task"
 PACKAGE = "lstm_harness_addition"
@@ -224,14 +224,14 @@ def installed_example(tmp_path_factory):
 def test_installed_plugin_runs_through_the_harness(installed_example, tmp_path, monkeypatch):
     import ray
 
-    from harness.cli import main
+    from lstm_harness.cli import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     if ray.is_initialized():  # fresh worker processes, started after the install
         ray.shutdown()
 
-    listed = subprocess.run([sys.executable, "-m", "harness", "tasks"], capture_output=True,
+    listed = subprocess.run([sys.executable, "-m", "lstm_harness", "tasks"], capture_output=True,
                             text=True, timeout=300)
     lines = listed.stdout.splitlines()
     header = ("addition (seq2seq): metrics exact_match, exact_match_tf, digit_accuracy, "

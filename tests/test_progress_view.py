@@ -7,25 +7,25 @@ import io
 
 from rich.console import Console
 
-from harness.progress import ProgressView, error_reason, failure_reason
+from lstm_harness.progress import ProgressView, error_reason, failure_reason
 
 TRACEBACK = """Failure # 1 (occurred at 2026-01-01_00-00-00)
 ray::ImplicitFunc.train() (pid=1, ip=10.0.0.1, actor_id=x, repr=tune_trainable)
-  File "/x/harness/trial.py", line 150, in execute_trial
+  File "/x/lstm_harness/trial.py", line 150, in execute_trial
     train(model, optimizer, task, cfg.train)
-harness.diagnostics.monitor.NonFiniteError: loss is nan at step 5
+lstm_harness.diagnostics.monitor.NonFiniteError: loss is nan at step 5
 
 """
 
 # Tune's error file after two failures; the last one's message runs over several lines
 TWO_FAILURES = """Failure # 1 (occurred at 2026-01-01_00-00-00)
 ray::ImplicitFunc.train() (pid=1, ip=10.0.0.1, actor_id=x, repr=tune_trainable)
-  File "/x/harness/trial.py", line 9, in execute_trial
+  File "/x/lstm_harness/trial.py", line 9, in execute_trial
     raise OSError("disk full")
 OSError: disk full
 Failure # 2 (occurred at 2026-01-01_00-01-00)
 ray::ImplicitFunc.train() (pid=2, ip=10.0.0.1, actor_id=y, repr=tune_trainable)
-  File "/x/harness/trial.py", line 255, in tune_trainable
+  File "/x/lstm_harness/trial.py", line 255, in tune_trainable
     raise RuntimeError(f"corrupt checkpoint {path}: {exc}") from exc
     ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
 RuntimeError: corrupt checkpoint /runs/t/checkpoint_000001/trial.pt: Weights only load failed.
@@ -63,7 +63,7 @@ def view() -> tuple[ProgressView, io.StringIO]:
 
 def test_failure_reason_is_the_last_line_of_the_error() -> None:
     assert failure_reason(FakeTrial("a", TRACEBACK)) == (
-        "harness.diagnostics.monitor.NonFiniteError: loss is nan at step 5")
+        "lstm_harness.diagnostics.monitor.NonFiniteError: loss is nan at step 5")
     assert failure_reason(FakeTrial("a", "x" * 500)) == "x" * 300
     assert failure_reason(FakeTrial("a")) == "error (no reason recorded)"
     assert failure_reason(FakeTrial("a", broken=True)) == "error (no reason recorded)"
@@ -96,12 +96,12 @@ def test_failed_trial_reason_in_live_view_and_final_picture() -> None:
     progress.on_trial_complete(0, [], ok)
     progress.on_trial_error(0, [], bad)
     assert progress.failed == {
-        "nan|copy|s0": "harness.diagnostics.monitor.NonFiniteError: loss is nan at step 5"}
+        "nan|copy|s0": "lstm_harness.diagnostics.monitor.NonFiniteError: loss is nan at step 5"}
     assert progress.counts() == {"done": 1, "running": 1, "failed": 1, "pending": 0}
     progress.on_experiment_end([])
     final = " ".join(out.getvalue().split())  # the table pads its columns
     assert "suite done 1/3 running 1 failed 1 pending 0" in final
-    assert "nan|copy|s0 FAILED: harness.diagnostics.monitor.NonFiniteError: loss is nan at " \
+    assert "nan|copy|s0 FAILED: lstm_harness.diagnostics.monitor.NonFiniteError: loss is nan at " \
            "step 5" in final
     assert "slow|copy|s0 step 20 valid.exact_match 0.25" in final
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness import run_schema as rs
+from lstm_harness import run_schema as rs
 
 pytestmark = pytest.mark.slow
 
@@ -59,8 +59,8 @@ def finished_trials_in_db(db: Path) -> int:
 
 def launch(suite: Path, cwd: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.Popen([sys.executable, "-m", "harness", "run", str(suite), "--no-progress"],
-                            cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+    return subprocess.Popen([sys.executable, "-m", "lstm_harness", "run", str(suite),
+                             "--no-progress"], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 

@@ -10,8 +10,8 @@ import torch
 from rouge_score.rouge_scorer import RougeScorer
 from sacrebleu.metrics import BLEU
 
-import harness.training.rewards as rewards_mod
-from harness.training.rewards import (
+import lstm_harness.training.rewards as rewards_mod
+from lstm_harness.training.rewards import (
     REWARDS,
     neg_mae,
     neg_mse,

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import cli
-from harness.cli import EXIT_BAD_INPUT, EXIT_OK, main
-from harness.registry import TaskLookupError, installed_task_names, load_task_class
+from lstm_harness import cli
+from lstm_harness.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from lstm_harness.registry import TaskLookupError, installed_task_names, load_task_class
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("harness", "tasks")
@@ -107,14 +107,15 @@ def probe_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     marker = tmp_path / "imported"
     (tmp_path / f"{PROBE}.py").write_text(
         f"from pathlib import Path\nPath({str(marker)!r}).write_text('yes')\n"
-        "from tasks.copy import CopyTask as Task\n")
+        "from lstm_harness.tasks.copy import CopyTask as Task\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     yield marker
     sys.modules.pop(PROBE, None)
 
 
 @pytest.mark.parametrize("name", ["os.system", "os:system", f"{PROBE}", f"{PROBE}:Task",
-                                  f"{PROBE}.Task", "tasks.copy:CopyTask", "tasks.copy"])
+                                  f"{PROBE}.Task", "tasks.copy:CopyTask", "tasks.copy",
+                                  "lstm_harness.tasks.copy:CopyTask"])
 def test_task_names_are_entry_points_not_import_paths(name: str, probe_module: Path) -> None:
     with pytest.raises(TaskLookupError) as err:
         load_task_class(name)

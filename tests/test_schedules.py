@@ -7,7 +7,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from harness.training.schedules import (
+from lstm_harness.training.schedules import (
     DifficultyConfig,
     DropoutScheduleConfig,
     LengthCurriculumConfig,

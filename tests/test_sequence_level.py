@@ -9,14 +9,16 @@ import pytest
 import torch
 import yaml
 
-import harness.trial as trial_module
-from harness.config import ModelConfig
-from harness.models.seq2seq import Seq2Seq
-from harness.suite import SuiteError, load_suite
-from harness.training import sequence_level as sl
-from harness.training.decoding import Decoded
-from harness.training.losses import LossConfig, token_cross_entropy
-from harness.training.sequence_level import (
+import lstm_harness.trial as trial_module
+from lstm_harness.config import ModelConfig
+from lstm_harness.models.seq2seq import Seq2Seq
+from lstm_harness.suite import SuiteError, load_suite
+from lstm_harness.tasks.base import EOS, PAD, Seq2SeqBatch, pad_sequences
+from lstm_harness.tasks.copy import CopyParams, CopyTask
+from lstm_harness.training import sequence_level as sl
+from lstm_harness.training.decoding import Decoded
+from lstm_harness.training.losses import LossConfig, token_cross_entropy
+from lstm_harness.training.sequence_level import (
     SequenceObjective,
     content_lengths,
     distinct_counts,
@@ -26,9 +28,7 @@ from harness.training.sequence_level import (
     mrt_weights,
     policy_gradient_loss,
 )
-from harness.trial import Runtime, execute_trial
-from tasks.base import EOS, PAD, Seq2SeqBatch, pad_sequences
-from tasks.copy import CopyParams, CopyTask
+from lstm_harness.trial import Runtime, execute_trial
 
 
 @pytest.fixture(autouse=True)

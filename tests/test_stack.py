@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from harness.config import ModelConfig
-from harness.models.dropout import DropoutRates
-from harness.models.layers import BidirectionalLayer, CustomLSTMLayer, FusedLSTMLayer
-from harness.models.seq2seq import Forecaster, ModalityFusion, Seq2Seq
-from harness.models.stack import LSTMStack
-from tasks.base import ForecastBatch
+from lstm_harness.config import ModelConfig
+from lstm_harness.models.dropout import DropoutRates
+from lstm_harness.models.layers import BidirectionalLayer, CustomLSTMLayer, FusedLSTMLayer
+from lstm_harness.models.seq2seq import Forecaster, ModalityFusion, Seq2Seq
+from lstm_harness.models.stack import LSTMStack
+from lstm_harness.tasks.base import ForecastBatch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -305,7 +305,7 @@ def test_hierarchical_context(combine, bidirectional):
     # the decoder reads [y_{t-1}; c]: its first layer's input is embed + context size
     assert model.decoder.layers[0].input_size == 4 + memory.context.shape[1]
     tgt = torch.randint(3, 11, (B, 5))
-    from tasks.base import Seq2SeqBatch
+    from lstm_harness.tasks.base import Seq2SeqBatch
     fields = Seq2SeqBatch.__dataclass_fields__
     kwargs = {"src": SRC, "src_len": SRC_LEN, "tgt": tgt}
     if "tgt_len" in fields:

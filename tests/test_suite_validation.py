@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.cli import EXIT_BAD_INPUT, EXIT_OK, main
-from harness.config import ModelConfig, TrainConfig
-from harness.suite import SuiteError, load_suite
+from lstm_harness.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from lstm_harness.config import ModelConfig, TrainConfig
+from lstm_harness.suite import SuiteError, load_suite
 
 QUICK = Path(__file__).resolve().parents[1] / "ablations" / "quick.yaml"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -12,8 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from harness import run_schema as rs
-from harness.tables import (
+from lstm_harness import run_schema as rs
+from lstm_harness.tables import (
     TableLayout,
     build_table,
     load_trial_runs,

@@ -10,14 +10,14 @@ import torch
 import yaml
 from checkpoints import final_test_metrics, run_keeping_checkpoints
 
-from harness.config import ModelConfig
-from harness.models.seq2seq import Forecaster, Seq2Seq
-from harness.suite import load_suite
-from harness.training.curriculum import Curriculum, CurriculumConfig
-from harness.training.losses import LossConfig
-from harness.trial import Runtime, execute_trial
-from tasks.base import EOS, ForecastBatch
-from tasks.copy import CopyParams, CopyTask
+from lstm_harness.config import ModelConfig
+from lstm_harness.models.seq2seq import Forecaster, Seq2Seq
+from lstm_harness.suite import load_suite
+from lstm_harness.tasks.base import EOS, ForecastBatch
+from lstm_harness.tasks.copy import CopyParams, CopyTask
+from lstm_harness.training.curriculum import Curriculum, CurriculumConfig
+from lstm_harness.training.losses import LossConfig
+from lstm_harness.trial import Runtime, execute_trial
 
 TECHNIQUES = {
     "teacher_forcing": {},
@@ -171,9 +171,9 @@ def test_naive_curriculum_advances_a_stage_when_accurate():
 
 
 def test_schedule_figure_from_mlflow(trials, tmp_path):
-    from harness.plots import schedule_curves
-    from harness.tables import load_trial_runs
-    from harness.tracking import prepare_experiment
+    from lstm_harness.plots import schedule_curves
+    from lstm_harness.tables import load_trial_runs
+    from lstm_harness.tracking import prepare_experiment
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     experiment = prepare_experiment(uri, "techniques", tmp_path / "artifacts")
@@ -198,7 +198,7 @@ def test_perplexity_curriculum_orders_the_pool_and_runs_three_phases():
     cur.prepare(5, model, torch.device("cpu"))
     assert cur.order is None  # still pretraining
     cur.prepare(10, model, torch.device("cpu"))
-    from harness.training.curriculum import pool_perplexity
+    from lstm_harness.training.curriculum import pool_perplexity
     ppl = pool_perplexity(model, task, torch.device("cpu"))
     assert [ppl[i] for i in cur.order] == sorted(ppl)
     assert [cur.phase(s) for s in (10, 19, 20, 29, 30, 49)] == [0, 0, 1, 1, 2, 2]
@@ -212,7 +212,7 @@ def test_perplexity_curriculum_orders_the_pool_and_runs_three_phases():
 
 
 def test_perplexity_matches_a_hand_computation():
-    from harness.training.curriculum import pool_perplexity
+    from lstm_harness.training.curriculum import pool_perplexity
 
     task = copy_task(n_train=3)
     torch.manual_seed(0)
@@ -233,7 +233,7 @@ def test_perplexity_curriculum_needs_a_pool():
 
 
 def test_perplexity_curriculum_scores_with_a_named_earlier_trial(tmp_path):
-    from harness.tracking import prepare_experiment
+    from lstm_harness.tracking import prepare_experiment
 
     suite = {
         "name": "ppl",
@@ -266,7 +266,7 @@ MULTITASK = {"kind": "multitask", "temperature": 0.5, "introduce_every": 3,
 
 
 def multitask_curriculum(**changes):
-    from harness.training.multitask import MultiTaskCurriculum
+    from lstm_harness.training.multitask import MultiTaskCurriculum
 
     cfg = CurriculumConfig(**{**MULTITASK, **changes})
     aux = [ref.build() for ref in cfg.tasks]

@@ -14,12 +14,12 @@ import torch
 from pydantic import ValidationError
 from rouge_score import rouge_scorer
 
-from tasks.base import EOS, PAD, Seq2SeqBatch
-from tasks.data import DataError, hash_split
-from tasks.summarization import SummarizationParams, SummarizationTask, lead_sentence
-from tasks.text import SPLITS
-from tasks.tokenizer import UNK
-from tasks.translation import TranslationParams, TranslationTask
+from lstm_harness.tasks.base import EOS, PAD, Seq2SeqBatch
+from lstm_harness.tasks.data import DataError, hash_split
+from lstm_harness.tasks.summarization import SummarizationParams, SummarizationTask, lead_sentence
+from lstm_harness.tasks.text import SPLITS
+from lstm_harness.tasks.tokenizer import UNK
+from lstm_harness.tasks.translation import TranslationParams, TranslationTask
 
 LEXICON = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 PANGRAM = "The quick brown fox jumps over the lazy dog, pack my box with five dozen jugs."
@@ -521,9 +521,9 @@ def test_gettext_corpus_splits() -> None:
 
 # -- end to end ----------------------------------------------------------------------------------
 def test_evaluate_a_model_on_a_tiny_translation_task(tmp_path: Path, one_thread: None) -> None:
-    from harness.config import ModelConfig
-    from harness.models.factory import build_model
-    from harness.training.evaluate import evaluate
+    from lstm_harness.config import ModelConfig
+    from lstm_harness.models.factory import build_model
+    from lstm_harness.training.evaluate import evaluate
 
     files = {"train": write_jsonl(tmp_path / "train.jsonl", make_pairs(40, seed=8)),
              "test": write_jsonl(tmp_path / "test.jsonl", TEST_PAIRS + make_pairs(6, seed=9))}

@@ -11,9 +11,14 @@ import torch
 from pydantic import ValidationError
 from statsmodels.api import datasets
 
-import tasks.timeseries as ts
-from tasks.base import ForecastBatch
-from tasks.timeseries import TimeSeriesParams, TimeSeriesTask, forecast_metrics, mackey_glass
+import lstm_harness.tasks.timeseries as ts
+from lstm_harness.tasks.base import ForecastBatch
+from lstm_harness.tasks.timeseries import (
+    TimeSeriesParams,
+    TimeSeriesTask,
+    forecast_metrics,
+    mackey_glass,
+)
 
 
 def make(**kwargs: object) -> TimeSeriesTask:

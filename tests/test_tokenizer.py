@@ -8,9 +8,9 @@ import pytest
 from pydantic import ValidationError
 from tokenizers import Tokenizer, models
 
-from tasks import tokenizer as tokenizer_module
-from tasks.base import BOS, EOS, PAD
-from tasks.tokenizer import SPECIALS, UNK, TextTokenizer, TokenizerConfig
+from lstm_harness.tasks import tokenizer as tokenizer_module
+from lstm_harness.tasks.base import BOS, EOS, PAD
+from lstm_harness.tasks.tokenizer import SPECIALS, UNK, TextTokenizer, TokenizerConfig
 
 TEXTS = [
     "the quick brown fox jumps over the lazy dog",

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from harness.suite import load_suite
-from harness.tracking import prepare_experiment
-from harness.trial import Runtime, execute_trial
+from lstm_harness.suite import load_suite
+from lstm_harness.tracking import prepare_experiment
+from lstm_harness.trial import Runtime, execute_trial
 
 OPTIONS = {
     "lstm": {},
@@ -90,9 +90,9 @@ def test_option_trains_in_the_forecaster(trials, option):
     """The same options drive the forecaster (values in, values out, one covariate stream)."""
     import torch
 
-    from harness.config import ModelConfig
-    from harness.models.seq2seq import Forecaster
-    from tasks.base import ForecastBatch
+    from lstm_harness.config import ModelConfig
+    from lstm_harness.models.seq2seq import Forecaster
+    from lstm_harness.tasks.base import ForecastBatch
 
     torch.manual_seed(0)
     cfg = ModelConfig.model_validate(trials[option]["config"]["model"])

@@ -74,16 +74,16 @@ import torch.nn.functional as F
 from pydantic import model_validator
 from torch import Tensor, nn
 
-from harness.models.attention import self_attention_context
-from harness.models.layers import (
+from lstm_harness.models.attention import self_attention_context
+from lstm_harness.models.layers import (
     BidirectionalLayer,
     CustomLSTMLayer,
     FusedLSTMLayer,
     reverse_padded,
 )
-from harness.models.stack import LSTMStack
-from harness.strict import Strict
-from tasks.base import PAD
+from lstm_harness.models.stack import LSTMStack
+from lstm_harness.strict import Strict
+from lstm_harness.tasks.base import PAD
 
 GATES = ("input", "forget", "cell", "output")
 SIGMOID_GATES = ("input", "forget", "output", "transform")

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from harness.models.layers import BidirectionalLayer, CustomLSTMLayer, FusedLSTMLayer
+from lstm_harness.models.layers import BidirectionalLayer, CustomLSTMLayer, FusedLSTMLayer
 
 # Modules whose parameters are reported together as one recurrent layer.
 LAYER_TYPES: tuple[type[nn.Module], ...] = (

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from harness.models.layers import CustomLSTMLayer, FusedLSTMLayer, State, reverse_padded
+from lstm_harness.models.layers import CustomLSTMLayer, FusedLSTMLayer, State, reverse_padded
 
 LossFn = Callable[[], Tensor]
 # every once_differentiable wrapper runs this code object (functools.wraps copies the names)

@@ -16,24 +16,24 @@ from typing import Any
 
 import torch
 
-from harness.config import MonitorConfig
-from harness.diagnostics.gates import HealthyRanges, gate_health, gate_statistics, unhealthy
-from harness.diagnostics.gradients import (
+from lstm_harness.config import MonitorConfig
+from lstm_harness.diagnostics.gates import HealthyRanges, gate_health, gate_statistics, unhealthy
+from lstm_harness.diagnostics.gradients import (
     GradientAnomalyDetector,
     TrainingStopped,
     check_finite,
     grad_norm,
     layer_grad_norms,
 )
-from harness.diagnostics.info_flow import information_flow
-from harness.diagnostics.landscape import (
+from lstm_harness.diagnostics.info_flow import information_flow
+from lstm_harness.diagnostics.landscape import (
     distance_from_init,
     double_backward_ready,
     gradient_predictiveness,
     snapshot,
     top_hessian_eigenvalue,
 )
-from tasks.base import PAD, ForecastBatch, TaskBase, concat_batches
+from lstm_harness.tasks.base import PAD, ForecastBatch, TaskBase, concat_batches
 
 MONITOR_BATCH = 32  # validation examples the gate, cell and curvature monitors read
 INFO_EXAMPLES = 256  # validation examples the information-flow probe reads (half to fit)
@@ -180,7 +180,7 @@ class Monitors:
             labels = torch.bucketize(values, edges).masked_fill(~batch.step_mask, -1)
             n_classes = 8
         else:
-            from harness.models.seq2seq import decoder_inputs
+            from lstm_harness.models.seq2seq import decoder_inputs
             memory = model.encode_batch(batch.src, batch.src_len)
             feats, _ = model.teacher_forced(memory, model.embed_tgt(decoder_inputs(batch.tgt)))
             labels = batch.tgt.masked_fill(batch.tgt == PAD, -1)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from harness.config import ModelConfig
-from harness.models.seq2seq import Forecaster, Seq2Seq
-from tasks.base import ForecastTask, TaskBase
+from lstm_harness.config import ModelConfig
+from lstm_harness.models.seq2seq import Forecaster, Seq2Seq
+from lstm_harness.tasks.base import ForecastTask, TaskBase
 
 
 def build_model(cfg: ModelConfig, task: TaskBase, aux_tasks: list[TaskBase] | None = None

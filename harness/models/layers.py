@@ -26,8 +26,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from harness.models.attention import self_attention_context
-from harness.models.dropout import DropoutRates, bernoulli_mask, zoneout
+from lstm_harness.models.attention import self_attention_context
+from lstm_harness.models.dropout import DropoutRates, bernoulli_mask, zoneout
 
 State = tuple[torch.Tensor, torch.Tensor]
 Masks = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.config import ModelConfig
-from harness.models.dropout import DropoutRates, bernoulli_mask, sequence_dropout
-from harness.models.layers import BidirectionalLayer, CustomLSTMLayer, FusedLSTMLayer, State
+from lstm_harness.config import ModelConfig
+from lstm_harness.models.dropout import DropoutRates, bernoulli_mask, sequence_dropout
+from lstm_harness.models.layers import BidirectionalLayer, CustomLSTMLayer, FusedLSTMLayer, State
 
 
 def needs_custom_step(cfg: ModelConfig, rates: DropoutRates, self_attention: bool) -> bool:

@@ -42,7 +42,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from harness.strict import Strict
+from lstm_harness.strict import Strict
 
 GATES = ("input", "forget", "cell", "output", "transform")  # row-block order i, f, g, o, T
 _GATE_PARAM = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)")

@@ -32,15 +32,15 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from harness.strict import Strict
-from harness.training.multitask import TaskRef
-from harness.training.schedules import (
+from lstm_harness.strict import Strict
+from lstm_harness.tasks.base import PAD, ForecastBatch, Seq2SeqBatch, Task, TaskBase, concat_batches
+from lstm_harness.training.multitask import TaskRef
+from lstm_harness.training.schedules import (
     LengthCurriculumConfig,
     RunningAccuracy,
     curriculum_length,
     hard_fraction,
 )
-from tasks.base import PAD, ForecastBatch, Seq2SeqBatch, Task, TaskBase, concat_batches
 
 HARD_STREAM = 7919  # a second seed stream for the hard part of a mixed batch
 

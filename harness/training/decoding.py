@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tasks.base import BOS, EOS, PAD
+from lstm_harness.tasks.base import BOS, EOS, PAD
 
 T = TypeVar("T")
 Choose = Callable[[Tensor], tuple[Tensor, Tensor]]

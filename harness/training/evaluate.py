@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from tasks.base import PAD, ForecastTask, Task, TaskBase, strip_special
+from lstm_harness.tasks.base import PAD, ForecastTask, Task, TaskBase, strip_special
 
 Split = Literal["valid", "test"]
 

@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from harness.config import TrainConfig
-from harness.diagnostics.monitor import Monitors
-from harness.training.evaluate import evaluate
-from harness.training.techniques import Techniques
-from tasks.base import TaskBase
+from lstm_harness.config import TrainConfig
+from lstm_harness.diagnostics.monitor import Monitors
+from lstm_harness.tasks.base import TaskBase
+from lstm_harness.training.evaluate import evaluate
+from lstm_harness.training.techniques import Techniques
 
 
 @dataclass

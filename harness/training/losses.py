@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from harness.strict import Strict
+from lstm_harness.strict import Strict
 
 TimeWeight = Literal["constant", "linear_up", "linear_down"]
 

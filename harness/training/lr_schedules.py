@@ -27,7 +27,7 @@ import torch
 from pydantic import Field
 from torch.optim import lr_scheduler as sched
 
-from harness.strict import Strict
+from lstm_harness.strict import Strict
 
 
 class LRScheduleConfig(Strict):

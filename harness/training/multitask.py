@@ -16,10 +16,10 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from harness.registry import TaskLookupError, load_task_class
-from harness.strict import Strict
-from harness.training.schedules import RunningAccuracy, task_weights
-from tasks.base import Seq2SeqBatch, Task
+from lstm_harness.registry import TaskLookupError, load_task_class
+from lstm_harness.strict import Strict
+from lstm_harness.tasks.base import Seq2SeqBatch, Task
+from lstm_harness.training.schedules import RunningAccuracy, task_weights
 
 TASK_STREAM = 104_729  # separates the seed streams of the tasks' batches
 

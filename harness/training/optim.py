@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.config import TrainConfig
+from lstm_harness.config import TrainConfig
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from harness.training.ngram_match import ngram_stats
+from lstm_harness.training.ngram_match import ngram_stats
 
 __all__ = ["REWARDS", "neg_mae", "neg_mse", "rouge_l", "rouge_n", "sentence_bleu",
            "token_reward", "token_rewards"]

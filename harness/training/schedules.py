@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from harness.strict import Strict
+from lstm_harness.strict import Strict
 
 # -- scheduled sampling ---------------------------------------------------------------------
 

@@ -9,15 +9,15 @@ from typing import Any
 
 import torch
 
-from harness.config import TrainConfig
-from harness.models.dropout import DropoutRates, set_dropout_rates
-from harness.training.clipping import GradientClipper
-from harness.training.curriculum import Curriculum
-from harness.training.lr_schedules import make_lr_scheduler
-from harness.training.multitask import MultiTaskCurriculum
-from harness.training.schedules import dropout_scale, teacher_forcing_prob
-from harness.training.sequence_level import SequenceObjective
-from tasks.base import Task
+from lstm_harness.config import TrainConfig
+from lstm_harness.models.dropout import DropoutRates, set_dropout_rates
+from lstm_harness.tasks.base import Task
+from lstm_harness.training.clipping import GradientClipper
+from lstm_harness.training.curriculum import Curriculum
+from lstm_harness.training.lr_schedules import make_lr_scheduler
+from lstm_harness.training.multitask import MultiTaskCurriculum
+from lstm_harness.training.schedules import dropout_scale, teacher_forcing_prob
+from lstm_harness.training.sequence_level import SequenceObjective
 
 RATE_NAMES = [f.name for f in fields(DropoutRates) if f.name != "variational"]
 

@@ -3,8 +3,8 @@
 Source: the digits of ``a``, a '+' token, the digits of ``b`` (e.g. "47+385").
 Target: the digits of the sum, most significant first (e.g. "432"), then EOS.
 
-Token ids follow ``tasks.base``: 0 PAD, 1 BOS, 2 EOS; the digits 0-9 are ids 3-12 and '+' is
-id 13 (source only).
+Token ids follow ``lstm_harness.tasks.base``: 0 PAD, 1 BOS, 2 EOS; the digits 0-9 are ids 3-12
+and '+' is id 13 (source only).
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from functools import cached_property
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field, model_validator
-from tasks.base import (
+from lstm_harness.tasks.base import (
     N_SPECIAL,
     Direction,
     Seq2SeqBatch,
@@ -25,6 +24,7 @@ from tasks.base import (
     pad_sequences,
     strip_special,
 )
+from pydantic import Field, model_validator
 
 SYMBOLS = "0123456789+"  # token id = N_SPECIAL + position in this string
 PLUS = N_SPECIAL + SYMBOLS.index("+")
