@@ -31,6 +31,10 @@ class DropoutConfig(Strict):
     zoneout: float = Rate
     zoneout_c: float = Rate
     weight_drop: float = Rate
+    embedding: float = Field(0.0, ge=0, lt=1, description=(
+        "word-type dropout on the embedding matrix: whole rows (tokens) dropped, one mask per "
+        "batch (Gal & Ghahramani 2016; Merity et al. 2017's dropoute); language_model and "
+        "classify heads with token inputs"))
 
 
 class AttentionConfig(Strict):
@@ -70,9 +74,28 @@ class ModelConfig(Strict):
     combine: Literal["concat", "sum", "mean", "project"] = "concat"
     fuse: Literal["concat", "sum", "attention"] = "concat"
     attention: AttentionConfig | None = None
+    hidden_sizes: list[int] | None = Field(None, min_length=1, description=(
+        "hidden size of each layer, bottom first (AWD-LSTM: [1150, 1150, 400], Merity et al. "
+        "2017); sets the number of layers; language_model and classify heads"))
+    tie_weights: bool = Field(False, description=(
+        "output layer W_o = the embedding matrix (Inan et al. 2017; Press & Wolf 2017): the "
+        "top layer's size must equal embed; language_model head"))
+    readout: Literal["last", "mean"] = Field("last", description=(
+        "what the classifier reads: the last state (the context, see 'context') or the mean "
+        "of the top layer's outputs over the sequence; classify head"))
+
+    def layer_sizes(self) -> list[int]:
+        """Hidden size of every layer, bottom first."""
+        return list(self.hidden_sizes) if self.hidden_sizes else [self.hidden] * self.layers
 
     @model_validator(mode="after")
     def check(self) -> ModelConfig:
+        if self.hidden_sizes is not None:
+            if any(size < 1 for size in self.hidden_sizes):
+                raise ValueError(f"hidden_sizes must be positive (got {self.hidden_sizes})")
+            if "layers" in self.model_fields_set and self.layers != len(self.hidden_sizes):
+                raise ValueError(f"layers is {self.layers} but hidden_sizes has "
+                                 f"{len(self.hidden_sizes)} sizes: leave layers out")
         att = self.attention
         if att is not None and att.score == "dot" and self.bidirectional:
             raise ValueError("attention score 'dot' needs equal decoder and encoder state "
@@ -94,6 +117,11 @@ class TrainConfig(Strict):
     eval_every: int = Field(200, ge=1)
     eval_batch_size: int = Field(256, ge=1)
     log_every: int = Field(20, ge=1)
+    mc_samples: int = Field(0, ge=0, description=(
+        "MC-dropout evaluation (Gal & Ghahramani 2016): the final test evaluation also "
+        "averages the predictive distribution over this many dropout samples (every mask "
+        "drawn as in training) and reports <metric>_mc; 0: off; language_model and classify "
+        "heads"))
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
     loss: LossConfig = Field(default_factory=LossConfig)

@@ -5,12 +5,19 @@ reference baselines and a sentence-level reward. The harness owns the model, the
 and the bookkeeping. Built-in tasks and plugins are registered the same way, under the
 entry-point group ``lstm_harness.tasks`` (see ``docs/plugins.md``).
 
-Two kinds of task share :class:`TaskBase`:
+Four kinds of task share :class:`TaskBase`:
 
 * :class:`Task` (kind ``"seq2seq"``): token ids in, token ids out (copy, translation,
   summarization); the harness trains an encoder-decoder with a softmax output.
 * :class:`ForecastTask` (kind ``"forecast"``): a window of a (multivariate) time series in, the
   next ``horizon`` values out; the harness trains a forecaster with a linear output.
+* :class:`StreamTask` (kind ``"lm"``): token streams with a target token at every step
+  (language modelling, the copy-memory problem); the harness trains a language model
+  (embedding, LSTM stack, softmax at every step), carrying its state across batches where the
+  task says the batches continue one stream (truncated BPTT).
+* :class:`SequenceTask` (kind ``"classify"``): a sequence in, one class or one vector of values
+  out (pixel sequences, the adding and temporal-order problems); the harness trains a sequence
+  classifier (LSTM stack, last state or mean-pool, linear output).
 
 Token conventions for sequence-to-sequence tasks: id 0 is padding, 1 begins a target sequence,
 2 ends one. ``Seq2SeqBatch.tgt`` holds the target tokens followed by EOS (no BOS); the model
@@ -31,6 +38,8 @@ PAD, BOS, EOS = 0, 1, 2
 N_SPECIAL = 3
 
 Direction = Literal["max", "min"]
+Kind = Literal["seq2seq", "forecast", "lm", "classify"]
+IGNORE = -100  # target of a step that does not count (StreamBatch.targets)
 
 
 class TaskParams(BaseModel):
@@ -104,6 +113,66 @@ class ForecastBatch:
                              None if self.target_len is None else self.target_len.to(device))
 
 
+@dataclass
+class StreamBatch:
+    """Token streams with a target at every step. ``inputs``, ``targets``: [B, T] token ids
+    (``targets`` is :data:`IGNORE` where a step does not count); ``reset``: True where these
+    streams start (the model begins from a zero state), False where they continue the previous
+    batch's streams (the model carries its final state over, detached: truncated BPTT,
+    Williams & Peng 1990); ``ids``: [B] stream ids."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    ids: torch.Tensor
+    reset: bool = True
+
+    @property
+    def size(self) -> int:
+        return int(self.inputs.shape[0])
+
+    @property
+    def tokens(self) -> int:
+        """Steps read (the throughput unit)."""
+        return int(self.inputs.numel())
+
+    @property
+    def counted(self) -> torch.Tensor:
+        """[B, T] True where the target counts."""
+        return self.targets != IGNORE
+
+    def to(self, device: torch.device | str) -> StreamBatch:
+        return StreamBatch(self.inputs.to(device), self.targets.to(device),
+                           self.ids.to(device), self.reset)
+
+
+@dataclass
+class SequenceBatch:
+    """Whole sequences with one label each. ``inputs``: [B, T, F] real values or [B, T] token
+    ids; ``lengths``: [B] true lengths (None: all T); ``labels``: [B] class ids, or [B, K]
+    values for a regression task; ``ids``: [B] example ids."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    ids: torch.Tensor
+    lengths: torch.Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        return int(self.inputs.shape[0])
+
+    @property
+    def tokens(self) -> int:
+        """Steps read (the throughput unit)."""
+        if self.lengths is None:
+            return int(self.inputs.shape[0] * self.inputs.shape[1])
+        return int(self.lengths.sum())
+
+    def to(self, device: torch.device | str) -> SequenceBatch:
+        return SequenceBatch(self.inputs.to(device), self.labels.to(device),
+                             self.ids.to(device),
+                             None if self.lengths is None else self.lengths.to(device))
+
+
 def pad_sequences(seqs: list[list[int]], append_eos: bool = False) -> tuple[torch.Tensor,
                                                                             torch.Tensor]:
     """Right-pad token lists with PAD into a LongTensor [B, max_len]; returns (tokens, lengths)."""
@@ -170,9 +239,12 @@ class TaskBase(ABC):
     """
 
     name: ClassVar[str]
-    kind: ClassVar[Literal["seq2seq", "forecast"]]
+    kind: ClassVar[Kind]
     Params: ClassVar[type[TaskParams]]
     metrics: ClassVar[dict[str, Direction]]
+    # the second reading of every metric: ``_tf`` (teacher-forced; seq2seq and forecast) or
+    # ``_mc`` (MC-dropout evaluation, reported when ``train.mc_samples`` > 0; lm and classify)
+    variant_suffix: ClassVar[str] = "_tf"
 
     def __init__(self, params: TaskParams) -> None:
         self.params = params
@@ -245,12 +317,13 @@ class TaskBase(ABC):
 
     @classmethod
     def metric_names(cls) -> list[str]:
-        """Every metric name the harness reports for this task (free-running and ``_tf``)."""
-        return [m for name in cls.metrics for m in (name, f"{name}_tf")]
+        """Every metric name the harness reports for this task: each declared name, then the
+        same with :attr:`variant_suffix` (``_tf`` or ``_mc``)."""
+        return [m for name in cls.metrics for m in (name, f"{name}{cls.variant_suffix}")]
 
     @classmethod
     def direction(cls, metric: str) -> Direction:
-        return cls.metrics[metric.removesuffix("_tf")]
+        return cls.metrics[metric.removesuffix(cls.variant_suffix)]
 
 
 class Task(TaskBase):
@@ -263,7 +336,7 @@ class Task(TaskBase):
     ``detokenize`` turns ids into text for figures and evaluation.
     """
 
-    kind: ClassVar[Literal["seq2seq", "forecast"]] = "seq2seq"
+    kind: ClassVar[Kind] = "seq2seq"
     default_reward: ClassVar[str | None] = None  # bleu | rouge1 | rouge2 | rougeL on token ids
 
     @property
@@ -319,7 +392,7 @@ class ForecastTask(TaskBase):
     ``score`` maps predictions back to the original scale before computing its metrics.
     """
 
-    kind: ClassVar[Literal["seq2seq", "forecast"]] = "forecast"
+    kind: ClassVar[Kind] = "forecast"
 
     @property
     @abstractmethod
@@ -366,3 +439,116 @@ class ForecastTask(TaskBase):
     def reward(self, preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Per-window reward, the negative mean squared error on the model scale: [B]."""
         return -((preds - targets) ** 2).flatten(1).mean(1)
+
+
+class StreamTask(TaskBase):
+    """Token streams with a target token at every step (kind ``"lm"``): language modelling
+    (the target is the next token) or aligned sequence labelling such as the copy-memory
+    problem. The harness trains :class:`~lstm_harness.models.language_model.LanguageModel`.
+
+    ``carries_state``: consecutive training batches continue the same streams (``reset``
+    False after the first), so the model carries its final state into the next batch
+    (truncated BPTT, as Zaremba et al. 2014 and Merity et al. 2017 train language models);
+    evaluation batches of a split likewise continue each other from the split's first batch.
+    Metrics have no teacher-forced reading (the model always reads the true inputs); with
+    ``train.mc_samples`` > 0 the final evaluation also reports ``<metric>_mc``.
+    """
+
+    kind: ClassVar[Kind] = "lm"
+    variant_suffix: ClassVar[str] = "_mc"
+    carries_state: ClassVar[bool] = False
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Number of token ids of inputs and targets (one vocabulary: weights can be tied)."""
+
+    @property
+    @abstractmethod
+    def steps_per_batch(self) -> int:
+        """T of the training batches (the BPTT length for a language model)."""
+
+    @property
+    def max_target_len(self) -> int:
+        return self.steps_per_batch
+
+    @abstractmethod
+    def train_batch(self, step: int, batch_size: int, seed: int,
+                    lengths: tuple[int, int] | None = None) -> StreamBatch:
+        """The training batch for ``step`` (see :meth:`TaskBase.train_batch`)."""
+
+    @abstractmethod
+    def eval_batches(self, split: Literal["valid", "test"],
+                     batch_size: int) -> Iterator[StreamBatch]:
+        """A held-out split in order (``batch_size`` streams; the first batch resets)."""
+
+    @abstractmethod
+    def score(self, nll: torch.Tensor, correct: torch.Tensor,
+              targets: torch.Tensor) -> dict[str, float]:
+        """Metrics from every counted step of a split, in order: ``nll`` [N] the negative log
+        likelihood (nats, float64) of the target, ``correct`` [N] whether the most probable
+        token was the target, ``targets`` [N] the target ids."""
+
+    def token_text(self, token: int) -> str:
+        """One token's text (figures, samples); default: its id."""
+        return str(token)
+
+
+class SequenceTask(TaskBase):
+    """A sequence in, one label out (kind ``"classify"``): ``n_outputs`` classes
+    (``output = "classes"``, cross entropy) or ``n_outputs`` real values (``"values"``, mean
+    squared error). Inputs are real vectors of ``input_features`` per step, or token ids when
+    ``input_vocab_size`` is set. The harness trains
+    :class:`~lstm_harness.models.classifier.SequenceClassifier`. Metrics have no teacher-forced
+    reading; with ``train.mc_samples`` > 0 the final evaluation also reports ``<metric>_mc``.
+    """
+
+    kind: ClassVar[Kind] = "classify"
+    variant_suffix: ClassVar[str] = "_mc"
+    output: ClassVar[Literal["classes", "values"]] = "classes"
+
+    @property
+    def input_features(self) -> int:
+        """F of real-valued inputs [B, T, F] (ignored when :attr:`input_vocab_size` is set)."""
+        return 1
+
+    @property
+    def input_vocab_size(self) -> int | None:
+        """Number of input token ids for token inputs [B, T]; None for real-valued inputs."""
+        return None
+
+    @property
+    @abstractmethod
+    def n_outputs(self) -> int:
+        """Number of classes, or of regression values."""
+
+    @property
+    @abstractmethod
+    def sequence_length(self) -> int:
+        """Longest input sequence T."""
+
+    @property
+    def max_target_len(self) -> int:
+        return 1
+
+    @property
+    def length_bounds(self) -> tuple[int, int]:
+        """(shortest, longest) input length of training sequences, for length curricula."""
+        return self.sequence_length, self.sequence_length
+
+    @abstractmethod
+    def train_batch(self, step: int, batch_size: int, seed: int,
+                    lengths: tuple[int, int] | None = None) -> SequenceBatch:
+        """The training batch for ``step`` (see :meth:`TaskBase.train_batch`); ``lengths``
+        bounds the input length where the task generates sequences of several lengths."""
+
+    @abstractmethod
+    def eval_batches(self, split: Literal["valid", "test"],
+                     batch_size: int) -> Iterator[SequenceBatch]:
+        """Fixed batches of a held-out split (the same for every seed and every trial)."""
+
+    @abstractmethod
+    def score(self, outputs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Metrics of the model's outputs on a whole split: ``outputs`` [N, n_outputs] (class
+        probabilities for classes, predicted values for values) against ``labels`` ([N] class
+        ids or [N, n_outputs] values)."""

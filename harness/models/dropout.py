@@ -14,6 +14,10 @@ dropout schedule p_t = p_0 exp(-lambda t) is applied.
   same on c_t with ``zoneout_c``.
 - weight_drop (Merity et al. 2017): DropConnect on the hidden-to-hidden matrix W_hh, one mask
   per forward pass shared by every step and example.
+- embedding (Gal & Ghahramani 2016, Sec. 4.2; Merity et al. 2017's ``dropoute``): word-type
+  dropout, whole rows of the embedding matrix E dropped with probability p_e and the rest
+  scaled by 1 / (1 - p_e), one mask per forward pass: a dropped token reads zeros wherever it
+  occurs in the batch (:func:`embedding_dropout`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class DropoutRates:
     zoneout: float = 0.0
     zoneout_c: float = 0.0
     weight_drop: float = 0.0
+    embedding: float = 0.0
     variational: bool = False
 
     def needs_custom_step(self) -> bool:
@@ -76,3 +81,10 @@ def zoneout(prev: torch.Tensor, new: torch.Tensor, p: float, training: bool) -> 
         keep_prev = torch.empty_like(new).bernoulli_(p)
         return torch.lerp(new, prev, keep_prev)
     return torch.lerp(new, prev, p)
+
+
+def embedding_dropout(weight: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """E' = diag(m) E / (1 - p), m_w ~ Bernoulli(1 - p) per token w (row of E)."""
+    if not training or p <= 0:
+        return weight
+    return weight * bernoulli_mask((weight.shape[0], 1), p, weight)

@@ -39,7 +39,7 @@ def rates_from(cfg: ModelConfig) -> DropoutRates:
     d = cfg.dropout
     return DropoutRates(input=d.input, recurrent=d.recurrent, output=d.output,
                         zoneout=d.zoneout, zoneout_c=d.zoneout_c, weight_drop=d.weight_drop,
-                        variational=d.variational)
+                        embedding=d.embedding, variational=d.variational)
 
 
 class Encoder(nn.Module):

@@ -39,25 +39,29 @@ class LSTMStack(nn.Module):
         self.layers = nn.ModuleList()
         self.projections = nn.ModuleList()
         size = input_size
-        width = cfg.hidden * (2 if bidirectional else 1)
-        for index in range(cfg.layers):
-            in_size = input_size + index * width if cfg.skip == "dense" else size
-            self.layers.append(self._layer(in_size, bidirectional, self_attention))
+        read = input_size  # what a dense layer reads: the input and every lower layer's output
+        directions = 2 if bidirectional else 1
+        for hidden in cfg.layer_sizes():
+            width = hidden * directions
+            in_size = read if cfg.skip == "dense" else size
+            self.layers.append(self._layer(in_size, hidden, bidirectional, self_attention))
             if cfg.skip == "residual" and size != width:
                 self.projections.append(nn.Linear(size, width, bias=False))
             else:
                 self.projections.append(nn.Identity())
             size = width
-        self.output_size = width
+            read += width
+        self.output_size = size
 
-    def _layer(self, in_size: int, bidirectional: bool, self_attention: bool) -> nn.Module:
+    def _layer(self, in_size: int, hidden: int, bidirectional: bool,
+               self_attention: bool) -> nn.Module:
         cfg, rates = self.cfg, self.rates
         if not self.custom:
-            return FusedLSTMLayer(in_size, cfg.hidden, bidirectional, rates)
+            return FusedLSTMLayer(in_size, hidden, bidirectional, rates)
 
         def one() -> CustomLSTMLayer:
             return CustomLSTMLayer(
-                in_size, cfg.hidden, rates, layernorm=cfg.cell == "layernorm",
+                in_size, hidden, rates, layernorm=cfg.cell == "layernorm",
                 highway=cfg.skip == "highway", residual_step=cfg.skip == "residual_step",
                 self_attention=self_attention)
         return BidirectionalLayer(one(), one()) if bidirectional else one()
@@ -66,21 +70,30 @@ class LSTMStack(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None,
                 states: list[State] | None = None) -> tuple[torch.Tensor, list[State]]:
         """x [B, T, X] -> top outputs [B, T, D] and every layer's final state."""
+        top, finals, _ = self.forward_with_raw(x, lengths, states)
+        return top, finals
+
+    def forward_with_raw(self, x: torch.Tensor, lengths: torch.Tensor | None = None,
+                         states: list[State] | None = None
+                         ) -> tuple[torch.Tensor, list[State], torch.Tensor]:
+        """As :meth:`forward`, and the top layer's outputs before output dropout (what
+        temporal activation regularisation reads, Merity et al. 2017)."""
         rates, training = self.rates, self.training
         inputs = [sequence_dropout(x, rates.input, rates.variational, training)]
         finals: list[State] = []
-        layer_in = inputs[0]
+        layer_in = raw = inputs[0]
         for index, layer in enumerate(self.layers):
             if self.skip == "dense":
                 layer_in = torch.cat(inputs, dim=2)
             out, final = layer(layer_in, None if states is None else states[index], lengths)
             if self.skip == "residual":
                 out = out + self.projections[index](layer_in)
+            raw = out
             out = sequence_dropout(out, rates.output, rates.variational, training)
             finals.append(final)
             inputs.append(out)
             layer_in = out
-        return layer_in, finals
+        return layer_in, finals, raw
 
     # -- one step at a time (decoders) -----------------------------------------------------
     def begin(self, batch: int, device: torch.device) -> None:
@@ -95,8 +108,8 @@ class LSTMStack(nn.Module):
                     bernoulli_mask((batch, self.input_size), rates.input, like)]
             if rates.output > 0:
                 self._step_masks["output"] = [
-                    bernoulli_mask((batch, self.output_size), rates.output, like)
-                    for _ in self.layers]
+                    bernoulli_mask((batch, layer.output_size), rates.output, like)
+                    for layer in self.layers]
 
     def _drop(self, x: torch.Tensor, kind: str, index: int) -> torch.Tensor:
         p = getattr(self.rates, kind)

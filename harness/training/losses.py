@@ -68,6 +68,12 @@ class LossConfig(Strict):
                                     "entropy at first (default: the longest target)")
     mixer_every: int = Field(100, ge=1, description="MIXER: steps between boundary moves")
     mixer_delta: int = Field(2, ge=1, description="MIXER: tokens the boundary moves by")
+    ar: float = Field(0.0, ge=0, description="activation regularisation alpha: "
+                      "alpha mean(m * h_t)^2 on the top layer's dropped outputs (Merity et al. "
+                      "2017); language_model and classify heads")
+    tar: float = Field(0.0, ge=0, description="temporal activation regularisation beta: "
+                       "beta mean(h_t - h_{t+1})^2 on the top layer's outputs before dropout "
+                       "(Merity et al. 2017); language_model and classify heads")
 
     @model_validator(mode="after")
     def check(self) -> LossConfig:
