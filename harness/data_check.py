@@ -23,7 +23,10 @@ def data_file_errors(suite: Suite) -> list[str]:
             continue
         where = f"tasks[{i}].params.files"
         try:
-            read_pair_files(params.files, params.columns, params.format)
+            if hasattr(params, "columns"):  # text pairs (translation, summarization)
+                read_pair_files(params.files, params.columns, params.format)
+            else:
+                cls(params).check_data()
         except DataError as exc:
             lines.append(f"{where}: {exc}")
     return lines

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lstm_harness.config import TrialConfig, set_dotted
+from lstm_harness.head_options import head_problems
 from lstm_harness.registry import TaskLookupError, load_task_class
 from lstm_harness.search_space import Distribution, parse_distribution
 from lstm_harness.tasks.base import TaskBase
@@ -417,7 +418,8 @@ def combo_configs(spec: SuiteFile, limit: int = 10_000
 
 def _kind_errors(spec: SuiteFile, task_classes: dict[str, type[TaskBase]]) -> list[str]:
     """Settings a task's kind cannot train with: token losses or the multi-task curriculum on
-    a forecasting task; a sequence-level loss with ``reward: task`` on a task without one."""
+    a forecasting task; options the task's model head does not take (head_options.py); a
+    sequence-level loss with ``reward: task`` on a task without one."""
     for _, where, config in combo_configs(spec):
         loss = config["train"]["loss"]
         for label, cls in task_classes.items():
@@ -426,7 +428,11 @@ def _kind_errors(spec: SuiteFile, task_classes: dict[str, type[TaskBase]]) -> li
                 if problems:
                     return [f"tasks: '{label}' is a forecasting task; {where}: {line}"
                             for line in problems]
-            elif (loss["kind"] in SEQUENCE_LOSSES and loss["reward"] == "task"
+            problems = head_problems(config, cls)
+            if problems:
+                return [f"tasks: '{label}' ({cls.kind}); {where}: {line}" for line in problems]
+            if (cls.kind == "seq2seq" and loss["kind"] in SEQUENCE_LOSSES
+                    and loss["reward"] == "task"
                   and getattr(cls, "default_reward", None) is None):
                 return [f"{where}: train.loss.reward: 'task', but task '{label}' declares no "
                         "default reward; name one: bleu, rouge1, rouge2, rougeL"]

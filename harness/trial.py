@@ -139,7 +139,8 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
         monitors.start(model)  # the initial weights, for the distance travelled
         train(model, optimizer, task, cfg.train, trial["seed"], state, device, techniques,
               monitors, on_log, on_eval)
-        test = evaluate(model, task, "test", cfg.train.eval_batch_size, device)
+        test = evaluate(model, task, "test", cfg.train.eval_batch_size, device,
+                        cfg.train.mc_samples)
         final = {f"{rs.TEST_PREFIX}{k}": v for k, v in test.items()}
         final.update(monitors.final(model))
         final.update({

@@ -279,6 +279,12 @@ class TaskBase(ABC):
     def eval_batches(self, split: Literal["valid", "test"], batch_size: int) -> Iterator:
         """Fixed batches of a held-out split (the same for every seed and every trial)."""
 
+    def check_data(self) -> None:
+        """Read the task's local data files now and raise ``DataError`` naming the file (and
+        line) and what is wrong: ``validate`` and ``run`` call it before anything starts.
+        Built-in, generated and hub data are left to the trials (nothing to do here)."""
+        return None
+
     def reference_scores(self, split: Literal["valid", "test"]) -> dict[str, dict[str, float]]:
         """Trivial baselines on ``split``: baseline name -> {metric: value} for (some of) the
         declared metrics, free-running names. Tables show them as reference rows (for example

@@ -7,16 +7,19 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from lstm_harness.tasks.base import PAD, ForecastTask, Task, TaskBase, strip_special
+from lstm_harness.tasks.base import PAD, ForecastTask, StreamTask, Task, TaskBase, strip_special
 
 Split = Literal["valid", "test"]
 
 
 def evaluate(model: torch.nn.Module, task: TaskBase, split: Split, batch_size: int,
-             device: torch.device) -> dict[str, float]:
-    """Metrics on a whole split, for either kind of task (see the two functions below)."""
+             device: torch.device, mc_samples: int = 0) -> dict[str, float]:
+    """Metrics on a whole split, for every kind of task (see the functions below);
+    ``mc_samples`` > 0 adds MC-dropout metrics (``<m>_mc``) where the kind has them."""
     if isinstance(task, ForecastTask):
         return evaluate_forecast(model, task, split, batch_size, device)
+    if isinstance(task, StreamTask):
+        return evaluate_stream(model, task, split, batch_size, device, mc_samples)
     return evaluate_seq2seq(model, task, split, batch_size, device)
 
 
@@ -76,4 +79,57 @@ def evaluate_forecast(model: torch.nn.Module, task: ForecastTask, split: Split,
                     task.score(forced_all, target, index, split=split).items()
                     if k in task.metrics})
     metrics["loss"] = float(F.mse_loss(forced_all, target))
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_stream(model: torch.nn.Module, task: StreamTask, split: Split, batch_size: int,
+                    device: torch.device, mc_samples: int = 0) -> dict[str, float]:
+    """The task's metrics from the negative log likelihood of every counted target of the
+    split, read in order with the states carried from batch to batch (reset where a batch
+    starts new streams); ``loss``: the mean NLL per counted target (nats).
+
+    ``mc_samples`` = N > 0 adds ``<m>_mc`` for every metric: MC-dropout evaluation (Gal &
+    Ghahramani 2016), p^(y_t) = 1/N sum_s p_s(y_t), each of the N passes with every dropout
+    mask drawn as in training and its own carried states; the standard metrics use the
+    deterministic model (dropout off, zoneout's expectation)."""
+    was_training = model.training
+    model.eval()
+    metrics = _stream_metrics(model, task, split, batch_size, device, passes=1)
+    if mc_samples > 0:
+        model.train()
+        mc = _stream_metrics(model, task, split, batch_size, device, passes=mc_samples)
+        metrics.update({f"{k}_mc": v for k, v in mc.items()})
+    model.train(was_training)
+    return metrics
+
+
+def _stream_metrics(model: torch.nn.Module, task: StreamTask, split: Split, batch_size: int,
+                    device: torch.device, passes: int) -> dict[str, float]:
+    """Metrics of the split from ``passes`` forward passes averaged in probability (one pass:
+    the model as it is)."""
+    states: list = [None] * passes
+    nll, correct, targets = [], [], []
+    for batch in task.eval_batches(split, batch_size):
+        batch = batch.to(device)
+        if batch.reset:
+            states = [None] * passes
+        if passes == 1:
+            logits, states[0] = model.predict(batch.inputs, states[0])
+            log_p = F.log_softmax(logits.float(), dim=-1)
+        else:
+            probs = 0.0
+            for s in range(passes):
+                logits, states[s] = model.predict(batch.inputs, states[s])
+                probs = probs + F.softmax(logits.float(), dim=-1)
+            log_p = (probs / passes).log()
+        mask = batch.counted
+        target = batch.targets[mask]
+        log_p = log_p[mask]
+        nll.append(-log_p.gather(1, target.unsqueeze(1)).squeeze(1).double().cpu())
+        correct.append((log_p.argmax(1) == target).cpu())
+        targets.append(target.cpu())
+    nll_all = torch.cat(nll)
+    metrics = dict(task.score(nll_all, torch.cat(correct), torch.cat(targets)))
+    metrics["loss"] = float(nll_all.mean()) if nll_all.numel() else 0.0
     return metrics
