@@ -93,9 +93,11 @@ class ModelConfig(Strict):
         if self.hidden_sizes is not None:
             if any(size < 1 for size in self.hidden_sizes):
                 raise ValueError(f"hidden_sizes must be positive (got {self.hidden_sizes})")
-            if "layers" in self.model_fields_set and self.layers != len(self.hidden_sizes):
+            if "layers" in self.model_fields_set and self.layers not in (
+                    1, len(self.hidden_sizes)):
                 raise ValueError(f"layers is {self.layers} but hidden_sizes has "
                                  f"{len(self.hidden_sizes)} sizes: leave layers out")
+            self.layers = len(self.hidden_sizes)  # what a resolved config records
         att = self.attention
         if att is not None and att.score == "dot" and self.bidirectional:
             raise ValueError("attention score 'dot' needs equal decoder and encoder state "

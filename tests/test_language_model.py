@@ -273,7 +273,7 @@ def test_ignored_targets_do_not_count(task: LanguageModelTask) -> None:
     logits = model(masked)
     expected = torch.nn.functional.cross_entropy(logits[:, 3:].reshape(-1, task.vocab_size),
                                                  batch.targets[:, 3:].reshape(-1))
-    assert float(model.loss(masked)) == pytest.approx(float(expected), rel=1e-5)
+    assert model.loss(masked).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 # -- trials -----------------------------------------------------------------------------------
