@@ -18,6 +18,7 @@ TAG_DIAGNOSTICS = "harness.diagnostics"  # the monitor's unhealthy-gate flags at
 TAG_NODE = "harness.node_id"  # Ray node id of the trial's last attempt (absent outside Ray)
 TAG_HOST = "harness.hostname"  # host name of the machine that ran the last attempt
 TAG_RESUMED_FROM = "harness.resumed_from"  # steps retries resumed from, "," in order (e.g. "40")
+TAG_COMMAND = "harness.command"  # the launch's command line (on the launch run)
 TAG_PARENT = "mlflow.parentRunId"
 
 ROLE_LAUNCH = "launch"
@@ -27,6 +28,13 @@ VALID_PREFIX = "valid."
 TEST_PREFIX = "test."
 REFERENCE_PREFIX = "reference."  # + baseline name + "." + metric: a task's trivial baseline
 TRAIN_LOSS = "train.loss"
+TRAIN_EPS = "train.eps"  # teacher-forcing probability eps_i of the step
+TRAIN_LR = "train.lr"
+TRAIN_ACCURACY = "train.accuracy"  # token accuracy of the step's (first task's) batch
+TRAIN_TRUTH_FRACTION = "train.truth_fraction"  # decoder inputs that were the ground truth
+TRAIN_DROPOUT_PREFIX = "train.dropout."  # + rate name ("input", "recurrent", ...)
+CURRICULUM_LENGTH = "curriculum.length"
+CURRICULUM_P_HARD = "curriculum.p_hard"
 
 COST_PARAMS = "cost.params"
 COST_WALL = "cost.wall_time_s"

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from lstm_harness import run_schema as rs
 from lstm_harness.config import TrainConfig
 from lstm_harness.diagnostics.monitor import Monitors
 from lstm_harness.tasks.base import TaskBase
@@ -65,8 +66,8 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task: TaskBa
                 part_accuracy = model.batch_accuracy(output.detach(), batch)
                 techniques.curriculum.observe(part_accuracy, task_index)
                 if task_index == 0:
-                    extra["train.accuracy"] = part_accuracy
-                    extra["train.truth_fraction"] = decoded.truth_fraction
+                    extra[rs.TRAIN_ACCURACY] = part_accuracy
+                    extra[rs.TRAIN_TRUTH_FRACTION] = decoded.truth_fraction
             loss = loss + weight * part_loss
             tokens += batch.tokens
         model.select(0)
@@ -83,8 +84,8 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task: TaskBa
         state.step += 1
         state.tokens += tokens
         state.train_seconds += time.perf_counter() - started
-        if state.step % cfg.log_every == 0 or "grad.anomaly" in grad_metrics:
-            on_log(state, {"train.loss": loss.item(), "train.eps": eps, "train.lr": lr,
+        if state.step % cfg.log_every == 0 or rs.GRAD_ANOMALY in grad_metrics:
+            on_log(state, {rs.TRAIN_LOSS: loss.item(), rs.TRAIN_EPS: eps, rs.TRAIN_LR: lr,
                            **extra, **rates, **clipped, **grad_metrics,
                            **techniques.curriculum.last})
         if monitors.due(state.step):
