@@ -187,8 +187,9 @@ def pad_sequences(seqs: list[list[int]], append_eos: bool = False) -> tuple[torc
 
 
 def concat_batches(batches: list):
-    """One batch from several of the same kind (re-padded to the longest source and target;
-    forecast windows of different horizons get ``target_len``)."""
+    """One batch from several of the same kind (re-padded to the longest source and target,
+    or sequence; forecast windows of different horizons get ``target_len``, sequences of
+    different lengths ``lengths``)."""
     def cat(tensors: list[torch.Tensor], value: float = PAD) -> torch.Tensor:
         width = max(t.shape[1] for t in tensors)
         pads = [(0, 0) * (t.dim() - 2) + (0, width - t.shape[1]) for t in tensors]
@@ -205,6 +206,16 @@ def concat_batches(batches: list):
                                                            strict=True)],
             ids=torch.cat([b.ids for b in batches]),
             target_len=None if bool((lengths == target.shape[1]).all()) else lengths)
+    if isinstance(batches[0], SequenceBatch):
+        steps = [b.inputs.shape[1] for b in batches]
+        lengths = torch.cat([b.lengths if b.lengths is not None else
+                             torch.full((b.size,), b.inputs.shape[1], dtype=torch.long)
+                             for b in batches])
+        return SequenceBatch(inputs=cat([b.inputs for b in batches], 0),
+                             labels=torch.cat([b.labels for b in batches]),
+                             ids=torch.cat([b.ids for b in batches]),
+                             lengths=None if len(set(steps)) == 1 and all(
+                                 b.lengths is None for b in batches) else lengths)
     return Seq2SeqBatch(src=cat([b.src for b in batches]),
                         src_len=torch.cat([b.src_len for b in batches]),
                         tgt=cat([b.tgt for b in batches]),

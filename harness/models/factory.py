@@ -5,16 +5,23 @@ from __future__ import annotations
 from torch import nn
 
 from lstm_harness.config import ModelConfig
+from lstm_harness.models.classifier import SequenceClassifier
 from lstm_harness.models.language_model import LanguageModel
 from lstm_harness.models.seq2seq import Forecaster, Seq2Seq
-from lstm_harness.tasks.base import ForecastTask, StreamTask, TaskBase
+from lstm_harness.tasks.base import ForecastTask, SequenceTask, StreamTask, TaskBase
 
 
 def build_model(cfg: ModelConfig, task: TaskBase, aux_tasks: list[TaskBase] | None = None
                 ) -> nn.Module:
     """A :class:`Seq2Seq` for token tasks (``aux_tasks``, of the multi-task curriculum, share
     its encoder-decoder); a :class:`Forecaster` for forecasting tasks; a
-    :class:`LanguageModel` for token-stream tasks (kind ``lm``)."""
+    :class:`LanguageModel` for token-stream tasks (kind ``lm``); a
+    :class:`SequenceClassifier` for sequence-to-label tasks (kind ``classify``)."""
+    if isinstance(task, SequenceTask):
+        if aux_tasks:
+            raise ValueError(f"task '{task.name}' is a classification task; multi-task "
+                             "curricula combine sequence-to-sequence tasks only")
+        return SequenceClassifier(cfg, task)
     if isinstance(task, StreamTask):
         if aux_tasks:
             raise ValueError(f"task '{task.name}' is a token-stream (lm) task; multi-task "

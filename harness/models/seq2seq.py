@@ -51,31 +51,37 @@ class Encoder(nn.Module):
         self.stack = LSTMStack(input_size, cfg, rates, cfg.bidirectional, self_attention)
         self.cfg = cfg
         width = self.stack.output_size
+        tops = [layer.output_size for layer in self.stack.layers]  # every layer's width
         self.project = None
         if cfg.context == "last":
             self.context_size = width
         elif cfg.combine == "concat":
-            self.context_size = width * cfg.layers
+            self.context_size = sum(tops)
         elif cfg.combine == "project":
             self.context_size = width
-            self.project = nn.Linear(width * cfg.layers, width)
+            self.project = nn.Linear(sum(tops), width)
         else:
+            if len(set(tops)) > 1:
+                raise ValueError(f"model.combine: {cfg.combine} adds the layers' final states, "
+                                 f"which needs equal sizes (got {tops}); use concat or project")
             self.context_size = width
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None):
         outputs, finals = self.stack(x, lengths)
+        return outputs, finals, self.summarize(finals)
+
+    def summarize(self, finals: list[State]) -> torch.Tensor:
+        """The context c: the top layer's final h, or combine(h^(1), ..., h^(L))."""
         tops = [h for h, _ in finals]
         if self.cfg.context == "last":
-            context = tops[-1]
-        elif self.cfg.combine == "concat":
-            context = torch.cat(tops, dim=1)
-        elif self.cfg.combine == "project":
-            context = self.project(torch.cat(tops, dim=1))
-        elif self.cfg.combine == "sum":
-            context = torch.stack(tops).sum(0)
-        else:
-            context = torch.stack(tops).mean(0)
-        return outputs, finals, context
+            return tops[-1]
+        if self.cfg.combine == "concat":
+            return torch.cat(tops, dim=1)
+        if self.cfg.combine == "project":
+            return self.project(torch.cat(tops, dim=1))
+        if self.cfg.combine == "sum":
+            return torch.stack(tops).sum(0)
+        return torch.stack(tops).mean(0)
 
 
 class ModalityFusion(nn.Module):

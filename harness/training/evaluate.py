@@ -7,7 +7,15 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from lstm_harness.tasks.base import PAD, ForecastTask, StreamTask, Task, TaskBase, strip_special
+from lstm_harness.tasks.base import (
+    PAD,
+    ForecastTask,
+    SequenceTask,
+    StreamTask,
+    Task,
+    TaskBase,
+    strip_special,
+)
 
 Split = Literal["valid", "test"]
 
@@ -20,6 +28,8 @@ def evaluate(model: torch.nn.Module, task: TaskBase, split: Split, batch_size: i
         return evaluate_forecast(model, task, split, batch_size, device)
     if isinstance(task, StreamTask):
         return evaluate_stream(model, task, split, batch_size, device, mc_samples)
+    if isinstance(task, SequenceTask):
+        return evaluate_sequences(model, task, split, batch_size, device, mc_samples)
     return evaluate_seq2seq(model, task, split, batch_size, device)
 
 
@@ -132,4 +142,45 @@ def _stream_metrics(model: torch.nn.Module, task: StreamTask, split: Split, batc
     nll_all = torch.cat(nll)
     metrics = dict(task.score(nll_all, torch.cat(correct), torch.cat(targets)))
     metrics["loss"] = float(nll_all.mean()) if nll_all.numel() else 0.0
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_sequences(model: torch.nn.Module, task: SequenceTask, split: Split,
+                       batch_size: int, device: torch.device,
+                       mc_samples: int = 0) -> dict[str, float]:
+    """The task's metrics from the classifier's outputs on the whole split (class
+    probabilities, or predicted values); ``loss``: the mean cross entropy (classes) or mean
+    squared error (values).
+
+    ``mc_samples`` = N > 0 adds ``<m>_mc``: MC-dropout evaluation (Gal & Ghahramani 2016),
+    p^(y) = 1/N sum_s p_s(y) for classes (the mean prediction for values), each pass with
+    every dropout mask drawn as in training; the standard metrics use the deterministic
+    model."""
+    was_training = model.training
+    model.eval()
+    metrics = _sequence_metrics(model, task, split, batch_size, device, passes=1)
+    if mc_samples > 0:
+        model.train()
+        mc = _sequence_metrics(model, task, split, batch_size, device, passes=mc_samples)
+        metrics.update({f"{k}_mc": v for k, v in mc.items()})
+    model.train(was_training)
+    return metrics
+
+
+def _sequence_metrics(model: torch.nn.Module, task: SequenceTask, split: Split,
+                      batch_size: int, device: torch.device, passes: int) -> dict[str, float]:
+    outputs, labels = [], []
+    for batch in task.eval_batches(split, batch_size):
+        batch = batch.to(device)
+        out = sum(model.predict(batch).float() for _ in range(passes)) / passes
+        outputs.append(out.cpu())
+        labels.append(batch.labels.cpu())
+    out_all, labels_all = torch.cat(outputs), torch.cat(labels)
+    metrics = dict(task.score(out_all, labels_all))
+    if task.output == "classes":
+        picked = out_all.gather(1, labels_all.unsqueeze(1)).squeeze(1)
+        metrics["loss"] = float(-picked.double().clamp_min(1e-45).log().mean())
+    else:
+        metrics["loss"] = float(F.mse_loss(out_all.double(), labels_all.double()))
     return metrics
