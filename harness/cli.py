@@ -135,8 +135,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from lstm_harness.provenance import git_commit
-    from lstm_harness.results import write_results
+    from lstm_harness.reporting.provenance import git_commit
+    from lstm_harness.reporting.results import write_results
     from lstm_harness.runner import RunOptions, run_suite
     from lstm_harness.tracking import (
         TrackingError,
@@ -210,7 +210,7 @@ def cluster_problem(address: str | None) -> str | None:
 
 
 def cmd_table(args) -> int:
-    from lstm_harness.results import write_results
+    from lstm_harness.reporting.results import write_results
     from lstm_harness.tracking import resolve_tracking_uri
 
     suite = load(args.suite)
@@ -226,7 +226,7 @@ def cmd_table(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from lstm_harness.report import ReportError, write_report
+    from lstm_harness.reporting.report import ReportError, write_report
     from lstm_harness.tracking import resolve_tracking_uri
 
     suite = load(args.suite)

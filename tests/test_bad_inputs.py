@@ -480,14 +480,14 @@ def test_corrupt_checkpoint_fails_the_trial_with_its_path(tmp_path):
 ])
 def test_run_exit_code_and_summary(finished, failed, code, summary, tmp_path, capsys,
                                    monkeypatch):
-    import lstm_harness.results
+    import lstm_harness.reporting.results
     import lstm_harness.runner
     from lstm_harness.runner import RunOutcome
 
     path = write_suite(tmp_path, {**SUITE, "name": "s"})
     outcome = RunOutcome(total=2, skipped=0, finished=finished, failed=failed)
     monkeypatch.setattr(lstm_harness.runner, "run_suite", lambda suite, opts: outcome)
-    monkeypatch.setattr(lstm_harness.results, "write_results", lambda *args, **kwargs: [])
+    monkeypatch.setattr(lstm_harness.reporting.results, "write_results", lambda *args, **kwargs: [])
     assert main(["run", str(path)]) == code
     err = ANSI.sub("", capsys.readouterr().err)
     assert summary in err, err

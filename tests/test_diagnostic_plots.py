@@ -13,10 +13,10 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from lstm_harness import diagnostic_plots as dp
 from lstm_harness import run_schema as rs
+from lstm_harness.reporting import diagnostic_plots as dp
+from lstm_harness.reporting.runs import load_trial_runs
 from lstm_harness.suite import trial_key
-from lstm_harness.tables import load_trial_runs
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SUITE = "diagsuite"

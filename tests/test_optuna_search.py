@@ -18,6 +18,8 @@ from optuna.trial import TrialState, create_trial
 
 from lstm_harness import run_schema as rs
 from lstm_harness.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from lstm_harness.reporting.build import build_table
+from lstm_harness.reporting.table import TableLayout
 from lstm_harness.search import (
     close_running,
     expected_params,
@@ -28,7 +30,6 @@ from lstm_harness.search import (
 )
 from lstm_harness.search_space import describe, format_value, parse_distribution, short_names
 from lstm_harness.suite import load_suite
-from lstm_harness.tables import TableLayout, build_table
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

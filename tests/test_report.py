@@ -15,9 +15,10 @@ from test_diagnostic_plots import FAILURE, SUITE, TOP_EIG, make_diag_store
 
 from lstm_harness import run_schema as rs
 from lstm_harness.cli import EXIT_BAD_INPUT, EXIT_OK, main
-from lstm_harness.results import layout_for
+from lstm_harness.reporting.build import build_table
+from lstm_harness.reporting.results import layout_for, write_table
+from lstm_harness.reporting.runs import load_trial_runs
 from lstm_harness.suite import load_suite
-from lstm_harness.tables import build_table, load_trial_runs, write_table
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SUITE_YAML = """
@@ -273,7 +274,7 @@ def test_report_table_flags_failures_and_provenance(report, store) -> None:
 
 
 def test_row_with_failed_trials_only(table) -> None:
-    from lstm_harness.report import RowDiagnostics, _variant_section
+    from lstm_harness.reporting.report import RowDiagnostics, _variant_section
 
     section = _variant_section(3, RowDiagnostics("sgd"), table, several_tasks=False)
     assert "finished trials: 0" in section and "no finished trial" in section

@@ -1,4 +1,4 @@
-"""Tests of harness.tables against a real (temporary SQLite) MLflow tracking store."""
+"""Tests of lstm_harness.reporting (tables) against a real (temporary SQLite) MLflow store."""
 
 from __future__ import annotations
 
@@ -13,13 +13,11 @@ from mlflow.tracking import MlflowClient
 from scipy import stats
 
 from lstm_harness import run_schema as rs
-from lstm_harness.tables import (
-    TableLayout,
-    build_table,
-    load_trial_runs,
-    welch_p_value,
-    write_table,
-)
+from lstm_harness.reporting.build import build_table
+from lstm_harness.reporting.results import write_table
+from lstm_harness.reporting.runs import load_trial_runs
+from lstm_harness.reporting.statistics import welch_p_value
+from lstm_harness.reporting.table import TableLayout
 
 SUITE = "ablate-cells"
 AXES = {"cell": ["lstm", "gru"], "norm": ["none", "layer"]}

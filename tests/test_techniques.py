@@ -171,8 +171,8 @@ def test_naive_curriculum_advances_a_stage_when_accurate():
 
 
 def test_schedule_figure_from_mlflow(trials, tmp_path):
-    from lstm_harness.plots import schedule_curves
-    from lstm_harness.tables import load_trial_runs
+    from lstm_harness.reporting.plots import schedule_curves
+    from lstm_harness.reporting.runs import load_trial_runs
     from lstm_harness.tracking import prepare_experiment
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

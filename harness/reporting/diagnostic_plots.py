@@ -1,9 +1,10 @@
 """Figures of the training diagnostics logged by ``harness/diagnostics`` (names in run_schema).
 
-Every function takes the finished-runs frame of :func:`harness.tables.load_trial_runs` and
-``row_of`` (run id -> table row label), draws one line per row (per row and task when the runs
-cover several tasks), averaging the row's seeds step by step, writes a PNG through
-:func:`harness.plots.save` and returns its path, or ``None`` when no run logged the metric.
+Every function takes the finished-runs frame of :func:`~lstm_harness.reporting.runs.
+load_trial_runs` and ``row_of`` (run id -> table row label), draws one line per row (per row
+and task when the runs cover several tasks), averaging the row's seeds step by step, writes a
+PNG through :func:`~lstm_harness.reporting.plots.save` and returns its path, or ``None`` when
+no run logged the metric.
 
 * :func:`gate_curves` — gate means ``gates.<stack>.l<k>.<gate>.mean`` over training, one panel
   per gate, the healthy range shaded (``axhspan``);
@@ -28,7 +29,8 @@ import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from lstm_harness import run_schema as rs  # noqa: E402
-from lstm_harness.plots import metric_histories, save  # noqa: E402
+from lstm_harness.reporting.plots import save  # noqa: E402
+from lstm_harness.reporting.runs import METRIC_COL, metric_histories  # noqa: E402
 
 __all__ = [
     "BAND_GID",
@@ -44,7 +46,6 @@ __all__ = [
     "run_ranges",
 ]
 
-METRIC_COL = "metrics."
 BAND_GID = "healthy-band"  # gid of the shaded healthy range in gate panels
 _GATE_RE = re.compile(rs.GATE_KEY_PATTERN)
 _RANGE_PARAM_RE = re.compile(rs.RANGE_PARAM_PATTERN)

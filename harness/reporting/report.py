@@ -1,9 +1,9 @@
 """``lstm-harness report SUITE``: one self-contained HTML page from the suite's MLflow runs.
 
 ``results/<suite>/report.html`` holds, in order: the suite's name and description and how many
-trials finished or failed; the ablation table (:meth:`harness.tables.Table.to_html`, with its
-notes and the diagnostic columns); the learning curves of every suite metric and the schedules
-(:mod:`harness.plots`); the training-diagnostics figures (:mod:`harness.diagnostic_plots`:
+trials finished or failed; the ablation table (:meth:`.table.Table.to_html`, with its notes
+and the diagnostic columns); the learning curves of every suite metric and the schedules
+(:mod:`.plots`); the training-diagnostics figures (:mod:`.diagnostic_plots`:
 gate means with their healthy bands, gradient norm with anomalies, top Hessian eigenvalue,
 mutual information against k); a per-variant diagnostics section (per table row: gates whose
 final mean left its healthy range, gradient-norm anomaly counts, top eigenvalue, non-finite
@@ -31,16 +31,17 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from lstm_harness import run_schema as rs
-from lstm_harness.diagnostic_plots import diagnostic_figures, ranges_from_params
-from lstm_harness.plots import learning_curves, schedule_curves
-from lstm_harness.provenance import git_commit, machine, package_versions
-from lstm_harness.results import layout_for
+from lstm_harness.reporting.build import build_table
+from lstm_harness.reporting.diagnostic_plots import diagnostic_figures, ranges_from_params
+from lstm_harness.reporting.plots import learning_curves, schedule_curves
+from lstm_harness.reporting.provenance import git_commit, machine, package_versions
+from lstm_harness.reporting.results import layout_for
+from lstm_harness.reporting.runs import METRIC_COL, VARIANT_COL, load_trial_runs
+from lstm_harness.reporting.table import Table
 from lstm_harness.suite import Suite
-from lstm_harness.tables import VARIANT_COL, Table, build_table, load_trial_runs
 
 __all__ = ["GateFlag", "ReportError", "RowDiagnostics", "render_report", "write_report"]
 
-METRIC_COL = "metrics."
 _GATE_RE = re.compile(rs.GATE_KEY_PATTERN)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -356,7 +357,7 @@ def _launch_commands(tracking_uri: str, suite: str) -> list[tuple[str, str]]:
                               order_by=["attributes.start_time ASC"], max_results=100)
     out = []
     for run in runs:
-        command = run.data.tags.get("harness.command")
+        command = run.data.tags.get(rs.TAG_COMMAND)
         if command:
             when = datetime.fromtimestamp((run.info.start_time or 0) / 1000, timezone.utc)
             out.append((f"{when:%Y-%m-%d %H:%M}", command))
@@ -430,8 +431,8 @@ def render_report(suite: Suite, tracking_uri: str, command: str, commit: str | N
                                        folder / f"curve_{metric}.png")
                 if path is not None:
                     curves.append(_img(path, f"learning curve {metric}",
-                                       f"valid.{metric} over training, mean ± one sample "
-                                       "standard deviation over seeds, per task."))
+                                       f"{rs.VALID_PREFIX}{metric} over training, mean ± one "
+                                       "sample standard deviation over seeds, per task."))
             path = schedule_curves(tracking_uri, finished, row_of, folder / "schedules.png")
             if path is not None:
                 curves.append(_img(path, "schedules", "Schedules that change during training "

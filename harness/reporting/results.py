@@ -1,17 +1,23 @@
-"""MLflow runs -> ``results/<suite>/``: tables, figures and RUN.md."""
+"""MLflow runs -> ``results/<suite>/``: tables (md, tex, csv), figures and RUN.md."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from lstm_harness.diagnostic_plots import diagnostic_figures
-from lstm_harness.plots import learning_curves, schedule_curves
-from lstm_harness.provenance import write_run_md
+from lstm_harness.reporting.build import build_table
+from lstm_harness.reporting.diagnostic_plots import diagnostic_figures
+from lstm_harness.reporting.plots import learning_curves, schedule_curves
+from lstm_harness.reporting.provenance import write_run_md
+from lstm_harness.reporting.runs import VARIANT_COL, load_trial_runs
+from lstm_harness.reporting.table import Table, TableLayout
 from lstm_harness.suite import Suite
-from lstm_harness.tables import TableLayout, build_table, load_trial_runs, write_table
+
+__all__ = ["layout_for", "write_results", "write_table"]
 
 
 def layout_for(suite: Suite) -> TableLayout:
+    """The table layout of ``suite``: its axes, tasks, metrics, row and column axes, baseline,
+    alpha and searched hyperparameters."""
     spec = suite.spec
     searched, note = [], ""
     if spec.search.kind == "optuna":
@@ -40,7 +46,7 @@ def write_results(suite: Suite, tracking_uri: str, out_dir: Path, command: str,
     written = write_table(build_table(finished, layout, failed, caption=caption), out_dir)
     if len(finished):
         row_axes = layout.row_axes
-        row_of = {r["run_id"]: layout.row_label(tuple(r[f"variant.{a}"] for a in row_axes))
+        row_of = {r["run_id"]: layout.row_label(tuple(r[VARIANT_COL + a] for a in row_axes))
                   for _, r in finished.iterrows()}
         for metric in suite.spec.metrics:
             if metric.endswith("_tf"):
@@ -57,3 +63,25 @@ def write_results(suite: Suite, tracking_uri: str, out_dir: Path, command: str,
                                       out_dir / "figures").values()
     written.append(write_run_md(out_dir, suite.path, command, summary, tracking_uri, commit))
     return written
+
+
+def write_table(table: Table, out_dir: Path) -> list[Path]:
+    """Write ``table.md``, ``table.tex`` and ``table.csv`` into ``out_dir``; return the paths.
+
+    CSV layout: one line per row x column with ``row, task, metric, column_variant`` (empty
+    without a column axis), ``mean, std, n, significant, p_value, best, baseline, failed``,
+    one ``variant.<axis>`` column per row axis, and the row's cost means in one column per
+    cost metric key (``cost.params``, ``cost.wall_time_s``, ...; repeated on each of the row's
+    lines; absent when no run logged that cost). Diagnostic columns follow when runs logged
+    them: ``diag.forget_healthy`` (healthy fraction k/n) with ``diag.forget_healthy.n`` (n),
+    ``diag.grad_anomalies`` and ``diag.top_eigenvalue`` (means over the row's trials).
+    With a search, ``hp.<path>`` columns give the searched values the row's trials of the
+    line's task ran with (distinct values joined by " | ").
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "table.md", out_dir / "table.tex", out_dir / "table.csv"]
+    paths[0].write_text(table.to_markdown(), encoding="utf-8")
+    paths[1].write_text(table.to_latex(), encoding="utf-8")
+    table.frame().to_csv(paths[2], index=False)
+    return paths

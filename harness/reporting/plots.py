@@ -10,7 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
+
+from lstm_harness import run_schema as rs  # noqa: E402
+from lstm_harness.reporting.runs import VARIANT_COL, metric_histories  # noqa: E402
 
 
 def save(fig, out_path: Path, dpi: int = 120) -> Path:
@@ -22,22 +24,11 @@ def save(fig, out_path: Path, dpi: int = 120) -> Path:
     return out_path
 
 
-def metric_histories(tracking_uri: str, run_ids: list[str], key: str) -> dict[str, pd.Series]:
-    """run id -> the metric's values indexed by step."""
-    client = MlflowClient(tracking_uri=tracking_uri)
-    out = {}
-    for run_id in run_ids:
-        points = client.get_metric_history(run_id, key)
-        if points:
-            out[run_id] = pd.Series({p.step: p.value for p in points}).sort_index()
-    return out
-
-
 def learning_curves(tracking_uri: str, runs: pd.DataFrame, row_of: dict[str, str],
                     tasks: list[str], metric: str, out_path: Path) -> Path | None:
     """One panel per task: ``valid.<metric>`` against step, mean over seeds with a band of
     ± one sample standard deviation, one line per table row. ``row_of``: run id -> row label."""
-    key = f"valid.{metric}"
+    key = rs.VALID_PREFIX + metric
     histories = metric_histories(tracking_uri, list(runs["run_id"]), key)
     if not histories:
         return None
@@ -76,14 +67,14 @@ def attention_heatmap(alpha: np.ndarray, source: list[str], output: list[str],
     return save(fig, out_path, dpi=110)
 
 
-SCHEDULE_KEYS = {"train.eps": "teacher-forcing probability eps_i",
-                 "curriculum.length": "curriculum length L_t",
-                 "curriculum.p_hard": "curriculum p(hard)",
-                 "train.lr": "learning rate",
-                 "train.dropout.input": "input dropout rate",
-                 "train.dropout.recurrent": "recurrent dropout rate",
-                 "train.dropout.output": "output dropout rate",
-                 "train.dropout.zoneout": "zoneout rate"}
+SCHEDULE_KEYS = {rs.TRAIN_EPS: "teacher-forcing probability eps_i",
+                 rs.CURRICULUM_LENGTH: "curriculum length L_t",
+                 rs.CURRICULUM_P_HARD: "curriculum p(hard)",
+                 rs.TRAIN_LR: "learning rate",
+                 rs.TRAIN_DROPOUT_PREFIX + "input": "input dropout rate",
+                 rs.TRAIN_DROPOUT_PREFIX + "recurrent": "recurrent dropout rate",
+                 rs.TRAIN_DROPOUT_PREFIX + "output": "output dropout rate",
+                 rs.TRAIN_DROPOUT_PREFIX + "zoneout": "zoneout rate"}
 
 
 def schedule_curves(tracking_uri: str, runs: pd.DataFrame, row_of: dict[str, str],
@@ -91,7 +82,7 @@ def schedule_curves(tracking_uri: str, runs: pd.DataFrame, row_of: dict[str, str
     """One panel per schedule that changes during training (eps_i, L_t, learning rate,
     dropout rates), one line per table row (its first seed's run)."""
     first = runs.sort_values("seed").drop_duplicates(
-        subset=["task", *[c for c in runs.columns if c.startswith("variant.")]])
+        subset=["task", *[c for c in runs.columns if c.startswith(VARIANT_COL)]])
     panels = []
     for key, title in SCHEDULE_KEYS.items():
         histories = metric_histories(tracking_uri, list(first["run_id"]), key)
