@@ -29,6 +29,7 @@ from lstm_harness.tracking import TrialTracker
 from lstm_harness.training.evaluate import evaluate
 from lstm_harness.training.loop import TrainState, train
 from lstm_harness.training.optim import make_optimizer
+from lstm_harness.training.rng import restore_rng_state, rng_state
 from lstm_harness.training.techniques import Techniques
 
 CHECKPOINT_FILE = "trial.pt"
@@ -107,7 +108,7 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
         state = TrainState(**resume["state"])
         techniques.load_state_dict(resume["techniques"])
         monitors.load_state_dict(resume["monitors"])
-        torch.set_rng_state(resume["rng"])
+        restore_rng_state(resume)
         started -= resume["elapsed"]
     if tracker is not None:
         resume_run_id = resume.get("mlflow_run_id") if resume else None
@@ -128,7 +129,7 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
         if report is not None:
             report({"step": state.step, **valid}, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "state": state.as_dict(), "rng": torch.get_rng_state(),
+                "state": state.as_dict(), **rng_state(),
                 "techniques": techniques.state_dict(), "monitors": monitors.state_dict(),
                 "elapsed": time.perf_counter() - started,
                 "mlflow_run_id": tracker.run_id if tracker else None})
