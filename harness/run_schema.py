@@ -69,7 +69,6 @@ INFO_MI_PREFIX = "info.mi.k"  # + k (1..K): mutual information I(h_t; y_{t+k}) i
 DIAG_FORGET_HEALTHY = "diag.forget_healthy"  # 1.0 if every forget-gate mean ends healthy
 DIAG_GRAD_ANOMALIES = "diag.grad_anomalies"  # number of anomalous steps
 DIAG_TOP_EIG = "diag.top_eigenvalue"  # last estimate of the top Hessian eigenvalue
-DIAG_NONFINITE = "diag.nonfinite"  # present only when a non-finite value was seen
 DIAG_METRICS = {
     DIAG_FORGET_HEALTHY: "forget healthy",
     DIAG_GRAD_ANOMALIES: "grad anomalies",

@@ -121,7 +121,7 @@ def start_launch_run(tracking_uri: str, experiment_id: str, suite: str, command:
     """The parent run of one ``lstm-harness run`` launch."""
     client = MlflowClient(tracking_uri=tracking_uri)
     run = client.create_run(experiment_id, run_name=f"{suite} launch", tags={
-        rs.TAG_ROLE: rs.ROLE_LAUNCH, rs.TAG_SUITE: suite, "harness.command": command})
+        rs.TAG_ROLE: rs.ROLE_LAUNCH, rs.TAG_SUITE: suite, rs.TAG_COMMAND: command})
     return run.info.run_id
 
 

@@ -12,10 +12,12 @@ nothing: the periodic and final work is skipped and the gradient norm is not com
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
 
+from lstm_harness import run_schema as rs
 from lstm_harness.config import MonitorConfig
 from lstm_harness.diagnostics.gates import HealthyRanges, gate_health, gate_statistics, unhealthy
 from lstm_harness.diagnostics.gradients import (
@@ -35,6 +37,7 @@ from lstm_harness.diagnostics.landscape import (
 )
 from lstm_harness.tasks.base import PAD, ForecastBatch, TaskBase, concat_batches
 
+GATE_KEY = re.compile(rs.GATE_KEY_PATTERN)
 MONITOR_BATCH = 32  # validation examples the gate, cell and curvature monitors read
 INFO_EXAMPLES = 256  # validation examples the information-flow probe reads (half to fit)
 
@@ -90,9 +93,9 @@ class Monitors:
         norm = grad_norm(model)
         anomaly = self.detector.update(norm)
         mean, std = self.detector.statistics()
-        metrics = {"grad.norm": norm, "grad.norm_mean": mean}
+        metrics = {rs.GRAD_NORM: norm, rs.GRAD_NORM_MEAN: mean}
         if anomaly:
-            metrics["grad.anomaly"] = 1.0
+            metrics[rs.GRAD_ANOMALY] = 1.0
             if self.cfg.grad_action == "stop":
                 raise TrainingStopped(
                     f"gradient norm {norm:.4g} at step {step} exceeds mean + "
@@ -113,9 +116,9 @@ class Monitors:
         if self.cfg.gates or self.cfg.cells:
             stats = gate_statistics(model, self.batch)
             if not self.cfg.cells:
-                stats = {k: v for k, v in stats.items() if not k.startswith("cells.")}
+                stats = {k: v for k, v in stats.items() if not k.startswith(rs.CELL_PREFIX)}
             if not self.cfg.gates:
-                stats = {k: v for k, v in stats.items() if not k.startswith("gates.")}
+                stats = {k: v for k, v in stats.items() if not k.startswith(rs.GATE_PREFIX)}
             else:
                 stats.update(gate_health(stats, self.ranges))
             metrics.update(stats)
@@ -141,22 +144,22 @@ class Monitors:
             for p, g in zip(params, saved, strict=True):
                 p.grad = g
             model.train(was_training)
-        return {"landscape.top_eigenvalue": eig, "landscape.predictiveness": predictive,
-                "landscape.distance": distance_from_init(model, self.initial)}
+        return {rs.LANDSCAPE_TOP_EIG: eig, rs.LANDSCAPE_PREDICTIVENESS: predictive,
+                rs.LANDSCAPE_DISTANCE: distance_from_init(model, self.initial)}
 
     # -- at the end ----------------------------------------------------------------------
     def final(self, model: torch.nn.Module) -> dict[str, float]:
         out: dict[str, float] = {}
         if self.cfg.grad_anomaly:
-            out["diag.grad_anomalies"] = float(self.detector.anomalies)
+            out[rs.DIAG_GRAD_ANOMALIES] = float(self.detector.anomalies)
         if self.cfg.gates:
             stats = gate_statistics(model, self.batch)
             healthy = [v for k, v in gate_health(stats, self.ranges).items()
-                       if ".forget.healthy" in k]
-            out["diag.forget_healthy"] = float(all(h == 1.0 for h in healthy))
+                       if (m := GATE_KEY.match(k)) and m["gate"] == "forget"]
+            out[rs.DIAG_FORGET_HEALTHY] = float(all(h == 1.0 for h in healthy))
             self.flags = unhealthy(stats, self.ranges)
-        if self.cfg.curvature and "landscape.top_eigenvalue" in self.last:
-            out["diag.top_eigenvalue"] = self.last["landscape.top_eigenvalue"]
+        if self.cfg.curvature and rs.LANDSCAPE_TOP_EIG in self.last:
+            out[rs.DIAG_TOP_EIG] = self.last[rs.LANDSCAPE_TOP_EIG]
         if self.cfg.info_flow:
             out.update(self.info_flow(model))
         return out
@@ -176,7 +179,8 @@ class Monitors:
             prev = torch.cat([last, batch.target[:, :-1]], dim=1)
             feats, _ = model.teacher_forced(memory, model.tgt_proj(prev))
             values = batch.target[..., 0]
-            edges = torch.quantile(values.flatten(), torch.linspace(0, 1, 9)[1:-1])
+            q = torch.linspace(0, 1, 9, device=values.device, dtype=values.dtype)[1:-1]
+            edges = torch.quantile(values.flatten(), q)
             labels = torch.bucketize(values, edges).masked_fill(~batch.step_mask, -1)
             n_classes = 8
         else:
@@ -188,7 +192,7 @@ class Monitors:
         model.train(was_training)
         mi = information_flow(feats.float().cpu(), labels.cpu(),
                               list(range(1, self.cfg.info_k + 1)), n_classes)
-        return {f"info.mi.k{k}": float(v) for k, v in mi.items()}
+        return {f"{rs.INFO_MI_PREFIX}{k}": float(v) for k, v in mi.items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"detector": self.detector.state_dict(), "initial": self.initial,

@@ -51,9 +51,10 @@ def table_notes(table: Table, style: Style) -> list[str]:
                 "monitored the gates"
             )
         if rs.DIAG_GRAD_ANOMALIES in table.diag_keys:
+            k = " or ".join(f"{k:g}" for k in layout.grad_k)
             parts.append(
                 "grad anomalies: mean number of training steps whose gradient norm exceeded its "
-                "running mean by more than 3 running standard deviations"
+                f"running mean by more than {k} running standard deviations"
             )
         if rs.DIAG_TOP_EIG in table.diag_keys:
             parts.append(

@@ -6,9 +6,9 @@ and the diagnostic columns); the learning curves of every suite metric and the s
 (:mod:`.plots`); the training-diagnostics figures (:mod:`.diagnostic_plots`:
 gate means with their healthy bands, gradient norm with anomalies, top Hessian eigenvalue,
 mutual information against k); a per-variant diagnostics section (per table row: gates whose
-final mean left its healthy range, gradient-norm anomaly counts, top eigenvalue, non-finite
-values, failed trials with their reasons); and provenance as in RUN.md (command, suite file,
-date, git commit, machine, MLflow store, package versions).
+final mean left its healthy range, gradient-norm anomaly counts, top eigenvalue, failed trials
+with their reasons, a non-finite loss or gradient among them); and provenance as in RUN.md
+(command, suite file, date, git commit, machine, MLflow store, package versions).
 
 Figures are embedded as base64 PNG and the style sheet is inline: the page needs no other file.
 Everything is read from MLflow (like ``lstm-harness table``); every text that comes from a
@@ -136,7 +136,6 @@ class RowDiagnostics:
     final_means: dict[Gate, list[float]] = field(default_factory=dict)
     anomalies: list[tuple[str, int, float]] = field(default_factory=list)
     top_eig: list[tuple[str, int, float]] = field(default_factory=list)
-    nonfinite: list[tuple[str, int, float]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,7 +203,7 @@ def _trial_flags(run: pd.Series, task: str, seed: int, gates: list[Gate],
 def row_diagnostics(tracking_uri: str, finished: pd.DataFrame, table: Table,
                     row_of: dict[str, str]) -> dict[str, RowDiagnostics]:
     """Per table row: the final gate means and unhealthy-gate flags of every finished trial,
-    anomaly counts, top eigenvalues and non-finite markers.
+    anomaly counts and top eigenvalues.
 
     A gate is flagged when the last logged ``gates.<stack>.l<k>[.fwd|.bwd].<gate>.healthy`` is
     0, or, when the run logged no ``healthy`` flag for it, when its last logged mean lies
@@ -234,7 +233,7 @@ def row_diagnostics(tracking_uri: str, finished: pd.DataFrame, table: Table,
             if not math.isnan(mean):
                 diag.final_means.setdefault(g, []).append(mean)
         for key, target in ((rs.DIAG_GRAD_ANOMALIES, diag.anomalies),
-                            (rs.DIAG_TOP_EIG, diag.top_eig), (rs.DIAG_NONFINITE, diag.nonfinite)):
+                            (rs.DIAG_TOP_EIG, diag.top_eig)):
             value = _final(run, key)
             if not math.isnan(value):
                 target.append((task, seed, value))
@@ -325,9 +324,6 @@ def _variant_section(index: int, diag: RowDiagnostics, table: Table, several_tas
         mean = float(np.mean([v for *_, v in diag.top_eig]))
         items.append(f"<li>top Hessian eigenvalue at the end: mean {mean:.4g} "
                      f"({_esc(_seeds_text(diag.top_eig, '.4g', several_tasks))})</li>")
-    for task, seed, value in diag.nonfinite:
-        items.append(f'<li class="unhealthy">⚠ non-finite values seen in {_esc(task)}, seed '
-                     f"{seed} (diag.nonfinite = {value:g})</li>")
     failures = [f for f in table.failures if f.row == diag.row]
     for f in failures:
         where = f"{f.task}, seed {f.seed}"
@@ -335,7 +331,7 @@ def _variant_section(index: int, diag: RowDiagnostics, table: Table, several_tas
             where += f", {table.layout.columns}={f.column_variant}"
         items.append(f'<li class="failed">✗ failed trial <code>{_esc(f.trial_key)}</code> '
                      f"({_esc(where)}): {_esc(f.reason)}</li>")
-    logged = diag.gates_monitored or diag.anomalies or diag.top_eig or diag.nonfinite
+    logged = diag.gates_monitored or diag.anomalies or diag.top_eig
     if not n:
         items.append("<li>no finished trial: nothing to diagnose</li>")
     elif not logged:

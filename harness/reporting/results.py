@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lstm_harness.config import MonitorConfig
 from lstm_harness.reporting.build import build_table
 from lstm_harness.reporting.diagnostic_plots import diagnostic_figures
 from lstm_harness.reporting.plots import learning_curves, schedule_curves
@@ -12,7 +13,7 @@ from lstm_harness.reporting.runs import VARIANT_COL, load_trial_runs
 from lstm_harness.reporting.table import Table, TableLayout
 from lstm_harness.suite import Suite
 
-__all__ = ["layout_for", "write_results", "write_table"]
+__all__ = ["grad_k", "layout_for", "write_results", "write_table"]
 
 
 def layout_for(suite: Suite) -> TableLayout:
@@ -31,7 +32,16 @@ def layout_for(suite: Suite) -> TableLayout:
         rows=suite.row_axes(), columns=spec.table.columns,
         baseline=suite.baseline() if suite.row_axes() else None, alpha=spec.table.alpha,
         hyperparameters=searched, search_note=note,
-        task_metrics={label: cls.metric_names() for label, cls in suite.task_classes.items()})
+        task_metrics={label: cls.metric_names() for label, cls in suite.task_classes.items()},
+        grad_k=grad_k(suite))
+
+
+def grad_k(suite: Suite) -> list[float]:
+    """The distinct ``monitor.grad_k`` of the suite's trials that detect gradient anomalies,
+    in trial order (the default when none does)."""
+    monitors = [t["config"]["monitor"] for t in suite.trials()]
+    found = dict.fromkeys(float(m["grad_k"]) for m in monitors if m["grad_anomaly"])
+    return list(found) or [MonitorConfig().grad_k]
 
 
 def write_results(suite: Suite, tracking_uri: str, out_dir: Path, command: str,

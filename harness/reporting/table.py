@@ -60,6 +60,8 @@ class TableLayout:
     # the metrics each task reports, where known: a task none of whose trials finished still
     # gets its columns (with the failures marked) instead of vanishing from the table
     task_metrics: dict[str, list[str]] = field(default_factory=dict)
+    # the trials' monitor.grad_k (anomaly: G_t > mean + k std), for the grad anomalies note
+    grad_k: list[float] = field(default_factory=lambda: [3.0])
 
     def __post_init__(self) -> None:
         for metric in self.metrics:
