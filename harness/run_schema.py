@@ -75,7 +75,7 @@ DIAG_METRICS = {
     DIAG_TOP_EIG: "top eig.",
 }
 
-# healthy ranges of the gate means (SPEC: Gate Activation Monitoring); a run overrides one with
+# healthy ranges of the gate means (README "Diagnostics", gates); a run overrides one with
 # the param f"monitor.{gate}_range" (its suite's monitor.forget_range, ...) or
 # RANGE_PARAM_PREFIX + gate (e.g. "monitor.ranges.forget" = "[0.25, 0.75]")
 DEFAULT_RANGES: dict[str, tuple[float, float]] = {

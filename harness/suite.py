@@ -286,7 +286,7 @@ def load_suite(path: str | Path) -> Suite:
     if not path.is_file():
         raise SuiteError(f"{path}: suite file not found")
     try:
-        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 (safe loader)
+        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -1,5 +1,5 @@
-"""Gate activation and cell-state statistics of every LSTM layer (SPEC "Training Stability and
-Monitoring": gate activation monitoring, healthy ranges, memory utilisation).
+"""Gate activation and cell-state statistics of every LSTM layer (README "Diagnostics":
+gate activation monitoring, healthy ranges, memory utilisation).
 
 :func:`gate_statistics` runs the model once (eval mode, no gradient) on a fixed batch with
 temporary forward hooks on every LSTM layer (and, for decoders that run step by step, a
@@ -35,7 +35,7 @@ layer index from 0; gate: ``input`` | ``forget`` | ``cell`` (the candidate g) | 
 - ``gates.{stack}.l{k}.{gate}.saturated``: the share of those activations that are saturated:
   a < 0.05 or a > 0.95 for the sigmoid gates (input, forget, output, transform), |g| > 0.95
   for the tanh candidate ``cell``;
-- ``cells.{stack}.l{k}.utilisation``: memory utilisation (SPEC) ||std_t(C_t)|| / ||mean_t(C_t)||
+- ``cells.{stack}.l{k}.utilisation``: memory utilisation ||std_t(C_t)|| / ||mean_t(C_t)||
   computed per example: mean and population std over the example's counted steps, per unit;
   Euclidean norms over the units; the ratio (denominator floored at 1e-8) averaged over the
   examples with at least 2 counted steps (NaN if none);
@@ -510,7 +510,7 @@ def gate_statistics(model: nn.Module, batch) -> dict[str, float]:
 # -- healthy ranges ----------------------------------------------------------------------------
 
 class HealthyRanges(Strict):
-    """SPEC "Healthy Ranges" of the gates' means (None: not checked)."""
+    """Healthy ranges of the gates' means (README "Diagnostics"; None: not checked)."""
 
     forget: tuple[float, float] | None = (0.3, 0.7)
     input: tuple[float, float] | None = (0.2, 0.6)

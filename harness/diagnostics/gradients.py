@@ -1,4 +1,4 @@
-"""Gradient monitors (SPEC "Training Stability and Monitoring" / "Training Diagnostics").
+"""Gradient monitors (README "Diagnostics": grad_anomaly, non-finite values).
 
 Call after ``loss.backward()`` and before ``optimizer.step()`` (and before any clipping: the
 norms are of the raw gradients).

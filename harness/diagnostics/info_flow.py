@@ -1,4 +1,4 @@
-"""Information flow (SPEC "Information Flow Metrics"): I_k = I(h_t; y_{t+k}), estimated from
+"""Information flow (README "Diagnostics": info_flow): I_k = I(h_t; y_{t+k}), estimated from
 below with a linear probe.
 
 For any conditional model q(y | h), Barber & Agakov 2003 ("The IM algorithm: a variational

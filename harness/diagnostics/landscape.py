@@ -1,5 +1,5 @@
-"""Loss-landscape probes (SPEC "Loss Landscape Analysis"): local curvature, gradient
-predictiveness, parameter-space exploration.
+"""Loss-landscape probes (README "Diagnostics": curvature; Santurkar et al. 2018): local
+curvature, gradient predictiveness, parameter-space exploration.
 
 - :func:`top_hessian_eigenvalue`: the Hessian eigenvalue of largest magnitude by power
   iteration on Hessian-vector products (local curvature).

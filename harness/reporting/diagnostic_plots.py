@@ -23,14 +23,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
 
-from lstm_harness import run_schema as rs  # noqa: E402
-from lstm_harness.reporting.plots import save  # noqa: E402
-from lstm_harness.reporting.runs import METRIC_COL, metric_histories  # noqa: E402
+from lstm_harness import run_schema as rs
+from lstm_harness.reporting.plots import save
+from lstm_harness.reporting.runs import METRIC_COL, metric_histories
 
 __all__ = [
     "BAND_GID",

@@ -7,12 +7,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from lstm_harness import run_schema as rs  # noqa: E402
-from lstm_harness.reporting.runs import VARIANT_COL, metric_histories  # noqa: E402
+from lstm_harness import run_schema as rs
+from lstm_harness.reporting.runs import VARIANT_COL, metric_histories
 
 
 def save(fig, out_path: Path, dpi: int = 120) -> Path:

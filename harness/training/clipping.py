@@ -1,4 +1,4 @@
-"""Gradient clipping for LSTMs (SPEC "Gradient Clipping for LSTM").
+"""Gradient clipping for LSTMs (README "Techniques": train.clip; Pascanu et al. 2013).
 
 Called once per step between ``loss.backward()`` and ``optimizer.step()``. ``kind``:
 
@@ -13,9 +13,9 @@ Called once per step between ``loss.backward()`` and ``optimizer.step()``. ``kin
   would let a spike raise its own ceiling by (1 - alpha) * ||g_t|| before being judged
   against it; tau_{t-1} is the causal choice (only past gradients decide what is too large),
   the same as an exponential-moving-average anomaly test. ||g_t|| is the pre-clip norm (the
-  SPEC's ||grad theta_t||). A non-finite norm leaves tau unchanged.
-- ``per_gate`` (SPEC: "different thresholds for different gates based on gradient
-  statistics"): the LSTM gate parameters (names weight_ih*, weight_hh*, bias_ih*, bias_hh*
+  ||grad theta_t|| of the formula). A non-finite norm leaves tau unchanged.
+- ``per_gate`` (README "Techniques": different thresholds for different gates based on
+  gradient statistics): the LSTM gate parameters (names weight_ih*, weight_hh*, bias_ih*, bias_hh*
   with 4H rows, or 5H for highway layers) are split by rows into the gate blocks i, f, g, o
   (nn.LSTM's order; the fifth highway block is its own ``transform`` group). Each gate kind
   (input, forget, cell, output, transform) keeps its own running threshold across the whole

@@ -4,14 +4,14 @@ Difficulty here is target length (every task exposes ``length_bounds``; for a fo
 task the length is the forecast horizon, so a length curriculum predicts near steps first), in
 [L_min, L_max]:
 
-- ``length_linear`` / ``length_exponential`` (SPEC "Length-Based Curriculum"): only examples no
-  longer than L_t = min(L_max, L_start + alpha t) or L_start beta^(t / tau).
-- ``adaptive`` (SPEC "Adaptive Difficulty Adjustment"): a fraction p(hard) = min(1, p0 + alpha
-  * accuracy) of each batch is hard (longer than the ``hard_from`` point of the length range),
+- ``length_linear`` / ``length_exponential`` (Bengio et al. 2009, "Curriculum Learning"): only
+  examples no longer than L_t = min(L_max, L_start + alpha t) or L_start beta^(t / tau).
+- ``adaptive`` (README "Techniques"): a fraction p(hard) = min(1, p0 + alpha * accuracy) of
+  each batch is hard (longer than the ``hard_from`` point of the length range),
   the rest easy; accuracy is a running average of training token accuracy (forecasting: the
   share of forecast values within a quarter standard deviation, ``training/accuracy.py``).
-- ``perplexity`` (SPEC "Perplexity-Based Ordering"): every example of the task's finite
-  training pool is scored by PPL(x) = exp(-1/T sum_t log P(x_t | x_<t)) (forecasting: the
+- ``perplexity`` (README "Techniques"; after Bengio et al. 2009): every example of the task's
+  finite training pool is scored by PPL(x) = exp(-1/T sum_t log P(x_t | x_<t)) (forecasting: the
   window's mean squared error) under a pretrained model
   (the trial's own model after a teacher-forced pretraining stage of ``pretrain_steps``, or the
   final model of a named earlier trial, ``from_trial``), the pool is split into thirds (low,

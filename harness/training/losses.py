@@ -3,11 +3,11 @@
 Shapes: logits [B, T, V], target [B, T] (token ids, ``pad_id`` on padding). Both losses are
 averaged over the non-pad target tokens of the batch (a batch with none gives 0).
 
-- ``ce``: L_TF = -sum_t log P(y*_t | y*_<t, x) per token (SPEC "Teacher Forcing"), optionally
+- ``ce``: L_TF = -sum_t log P(y*_t | y*_<t, x) per token (Williams & Zipser 1989), optionally
   with label smoothing (Szegedy et al. 2016, "Rethinking the Inception Architecture"): torch's
   ``F.cross_entropy(label_smoothing=eps)``, i.e. target (1 - eps) one-hot + eps / V uniform.
 - ``focal``: sequence focal loss (Lin et al. 2017, "Focal Loss for Dense Object Detection",
-  applied per target token; SPEC "Focal Loss for Sequences"):
+  applied per target token):
     L_focal = -sum_t alpha_t (1 - p_t)^gamma log p_t
   with p_t the predicted probability of the correct token and time-aware weights
   alpha_t = alpha_0 * f(t / T), T the example's true length and t = 0 .. T-1 the position:

@@ -1,4 +1,5 @@
-"""Learning-rate schedules (SPEC "Learning Rate Scheduling"), stepped once per training step.
+"""Learning-rate schedules (README "Techniques": train.lr_schedule; Loshchilov & Hutter 2017
+for cosine annealing and warm restarts), stepped once per training step.
 
 t counts training steps (``scheduler.step()`` calls) after warmup; eta_0 = eta_max is the
 optimizer's lr. ``kind``:

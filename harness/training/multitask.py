@@ -1,4 +1,5 @@
-"""Multi-task curriculum (SPEC "Multi-Task Curriculum"): several tasks in one trial.
+"""Multi-task curriculum (README "Techniques": train.curriculum.kind multitask): several tasks
+in one trial.
 
 The trial's own task (evaluated and tested) and the auxiliary ``tasks`` share the encoder and
 decoder; a task whose vocabularies differ has its own embeddings and output layer. Each step

@@ -1,5 +1,6 @@
-"""Sentence-level rewards on token ids for sequence-level training (SPEC "Advanced Loss
-Functions": R(y) of REINFORCE, self-critical training and MRT), exact and batched.
+"""Sentence-level rewards on token ids for sequence-level training (R(y) of REINFORCE,
+self-critical training and MRT: Williams 1992, Rennie et al. 2017, Shen et al. 2016), exact
+and batched.
 
 Token rewards take ``hyp`` [N, Lh] and ``ref`` [N, Lr] integer token ids (>= 0), right-padded
 with anything after ``hyp_len`` / ``ref_len`` [N] (lengths may be 0), and return [N] rewards in

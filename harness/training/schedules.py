@@ -1,17 +1,17 @@
 """Step schedules of training: pure functions of the step (no torch state).
 
-SPEC symbols throughout; ``step`` (i or t in the SPEC) counts optimizer updates from 0.
+The papers' symbols throughout; ``step`` (i or t there) counts optimizer updates from 0.
 
 - Scheduled sampling (Bengio et al. 2015, "Scheduled Sampling for Sequence Prediction with
   Recurrent Neural Networks"): eps_i, the probability of feeding the ground truth y*_{t-1} to
   the decoder at training step i (1 - eps_i: feed the model's own prediction).
-- Length curriculum (Bengio et al. 2009, "Curriculum Learning"; SPEC "Length-Based
-  Curriculum"): the longest sequence length L_t trained on at step t.
-- Dropout schedule (SPEC "Adaptive Dropout Schedules"): p_t = p_0 exp(-lambda t), applied as a
-  multiplier on every base dropout rate.
-- Adaptive difficulty (SPEC "Adaptive Difficulty Adjustment"):
+- Length curriculum (Bengio et al. 2009, "Curriculum Learning"; README "Techniques",
+  train.curriculum): the longest sequence length L_t trained on at step t.
+- Dropout schedule (README "Techniques": train.dropout_schedule): p_t = p_0 exp(-lambda t),
+  applied as a multiplier on every base dropout rate.
+- Adaptive difficulty (README "Techniques": train.curriculum.kind adaptive):
   p(hard) = min(1, p_0 + alpha * accuracy), accuracy a running average.
-- Multi-task weights (SPEC "Multi-Task Curriculum"):
+- Multi-task weights (README "Techniques": train.curriculum.kind multitask):
   w_i(t) = softmax(log(performance_i(t)) / tau).
 """
 
@@ -35,12 +35,12 @@ class SamplingConfig(Strict):
     """Scheduled sampling (Bengio et al. 2015): eps_i = P(feed ground truth at step i).
 
     schedule:
-      - ``teacher_forcing``: eps_i = 1 (plain teacher forcing, SPEC h_t = LSTM(h_{t-1}, y*_{t-1}))
+      - ``teacher_forcing``: eps_i = 1 (teacher forcing, h_t = LSTM(h_{t-1}, y*_{t-1}))
       - ``always``: eps_i = 0 (always feed the model's own prediction, "always sample")
-      - ``linear``: eps_i = max(eps_min, eps0 - alpha * i)  (SPEC "curriculum-based")
+      - ``linear``: eps_i = max(eps_min, eps0 - alpha * i)  (Bengio et al. 2015: linear decay)
       - ``exponential``: eps_i = max(eps_min, k^i), 0 < k < 1
       - ``inverse_sigmoid``: eps_i = max(eps_min, k / (k + exp((i - c) / k))), k >= 1;
-        c = 0 gives the plain form k / (k + exp(i / k)) of the SPEC and of the paper.
+        c = 0 gives the plain form k / (k + exp(i / k)) of the paper.
     ``eps_min`` is the floor of every decaying schedule (it is 0 by default, so the paper's
     exponential and inverse-sigmoid forms are unchanged unless it is set).
     feed: what "the model's prediction" is when it is fed back: the ``argmax`` token, or a
@@ -95,8 +95,8 @@ class LengthCurriculumConfig(Strict):
     kind:
       - ``none``: L_t = L_max
       - ``linear``: L_t = min(L_max, L_start + alpha * t)
-      - ``exponential``: L_t = min(L_max, L_start * beta^(t / tau))  (the SPEC's form, capped
-        at L_max; tau is the number of steps for one factor beta)
+      - ``exponential``: L_t = min(L_max, L_start * beta^(t / tau))  (an exponential growth,
+        capped at L_max; tau is the number of steps for one factor beta)
     start is L_start; L_max is the task's own longest length, given at run time.
     """
 
@@ -190,7 +190,7 @@ class RunningAccuracy:
 def task_weights(performance: Sequence[float], tau: float = 1.0) -> list[float]:
     """w_i = softmax(log(perf_i) / tau) = perf_i^(1/tau) / sum_j perf_j^(1/tau).
 
-    As the SPEC says, better tasks (higher performance) receive higher weight; tau > 0 is the
+    Better tasks (higher performance) receive higher weight; tau > 0 is the
     temperature (tau -> 0: all weight on the best task; tau -> inf: uniform). Every
     performance must be > 0 (log).
     """

@@ -1,8 +1,8 @@
 """Sequence-level training: the model is scored on whole decoded sentences with a sentence
 reward R(y, y*) (BLEU or ROUGE on token ids, ``training/rewards.py``), not on each next token
-(SPEC "Advanced Loss Functions"). The protocol is the standard one: ``pretrain_steps`` of
-cross entropy (or ``train.init_from`` another trial's cross-entropy model), then the
-sequence-level loss.
+(Williams 1992; Ranzato et al. 2016; Rennie et al. 2017; Shen et al. 2016). The protocol is
+the standard one: ``pretrain_steps`` of cross entropy (or ``train.init_from`` another trial's
+cross-entropy model), then the sequence-level loss.
 
 For a source x with reference y*, K candidates y_k are drawn from the model pi(y | x)
 (``samples``, ``temperature``, ``top_k``):
