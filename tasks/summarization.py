@@ -7,7 +7,10 @@ the target its summary line. Or local files / a hub dataset (for example
 ``EdinburghNLP/xsum`` with ``columns: [document, summary]``).
 
 Metrics with rouge-score (Lin 2004): ROUGE-1, ROUGE-2 and ROUGE-L F1 averaged over the split,
-x 100, with Porter stemming. Reference row: the lead (first) sentence of the input.
+x 100, with Porter stemming; and ``repeated_ngrams``: the percentage of the outputs' n-grams
+(n = ``repeat_n``, 3) that repeat an earlier n-gram of the same output (See et al. 2017, Fig. 4;
+``tasks/repetition.py``), lower is better. Reference row: the lead (first) sentence of the
+input.
 Reward: ROUGE-L F1 on the token ids.
 """
 
@@ -22,6 +25,7 @@ from rouge_score import rouge_scorer
 from lstm_harness.tasks.base import Direction, TaskParams
 from lstm_harness.tasks.corpora import docstring_pairs
 from lstm_harness.tasks.data import Pair
+from lstm_harness.tasks.repetition import repeated_ngram_rate
 from lstm_harness.tasks.text import TextPairTask, TextParams
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
@@ -43,6 +47,8 @@ class SummarizationParams(TextParams):
     max_src_len: int = Field(128, ge=1, description="inputs truncated to this many tokens")
     max_tgt_len: int = Field(32, ge=1, description="training targets truncated to this many "
                              "tokens; decoding stops after this + 1")
+    repeat_n: int = Field(3, ge=1, description="n of the repeated_ngrams metric (See et al. "
+                          "2017 show 1- to 4-grams)")
 
 
 class SummarizationTask(TextPairTask):
@@ -50,7 +56,8 @@ class SummarizationTask(TextPairTask):
 
     name: ClassVar[str] = "summarization"
     Params: ClassVar[type[TaskParams]] = SummarizationParams
-    metrics: ClassVar[dict[str, Direction]] = {k: "max" for k in ROUGE_TYPES}
+    metrics: ClassVar[dict[str, Direction]] = {**{k: "max" for k in ROUGE_TYPES},
+                                               "repeated_ngrams": "min"}
     default_reward: ClassVar[str | None] = "rougeL"
 
     params: SummarizationParams
@@ -75,7 +82,10 @@ class SummarizationTask(TextPairTask):
             scores = self._scorer.score(ref, hyp)  # reference first
             for key in ROUGE_TYPES:
                 totals[key] += scores[key].fmeasure
-        return {key: 100 * value / len(refs) for key, value in totals.items()}
+        metrics = {key: 100 * value / len(refs) for key, value in totals.items()}
+        metrics["repeated_ngrams"] = repeated_ngram_rate([h.split() for h in hyps],
+                                                         self.params.repeat_n)
+        return metrics
 
     def baselines(self, sources: list[str]) -> dict[str, list[str]]:
         return {"lead sentence": [lead_sentence(s) for s in sources]}

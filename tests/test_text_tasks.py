@@ -404,9 +404,13 @@ def test_summarization_score_is_rouge_score(summarization: SummarizationTask) ->
     expected = {k: 100 * sum(s[k].fmeasure for s in per_pair) / len(per_pair)
                 for k in ("rouge1", "rouge2", "rougeL")}
     scores = task.score(hyps, refs)
-    assert scores == pytest.approx(expected)
+    assert scores == pytest.approx({**expected, "repeated_ngrams": 0.0})  # 2 trigrams, distinct
     assert 0 < scores["rouge2"] < scores["rouge1"] < 100  # stemming matched cats/cat, flying/fly
-    assert task.score(refs, refs) == pytest.approx(dict.fromkeys(expected, 100.0))
+    assert task.score(refs, refs) == pytest.approx({**dict.fromkeys(expected, 100.0),
+                                                    "repeated_ngrams": 0.0})
+    # "a a a a b": trigrams (a a a), (a a a) again, (a a b): 1 of 3 repeats; "b b": none
+    looping = tok.encode(["the the the the cat", "cat cat"])
+    assert task.score(looping, refs[:2])["repeated_ngrams"] == pytest.approx(100 / 3)
 
 
 def test_lead_sentence_reference_row(summarization: SummarizationTask) -> None:
@@ -416,9 +420,9 @@ def test_lead_sentence_reference_row(summarization: SummarizationTask) -> None:
     assert list(row) == ["lead sentence"]
     assert row["lead sentence"] == pytest.approx(
         {"rouge1": 100 * (1 + 0 + 2 / 3) / 3, "rouge2": 100 * (1 + 0 + 1 / 2) / 3,
-         "rougeL": 100 * (1 + 0 + 2 / 3) / 3})
+         "rougeL": 100 * (1 + 0 + 2 / 3) / 3, "repeated_ngrams": 0.0})
     assert summarization.reference_scores("valid")["lead sentence"] == pytest.approx(
-        {"rouge1": 100.0, "rouge2": 100.0, "rougeL": 100.0})
+        {"rouge1": 100.0, "rouge2": 100.0, "rougeL": 100.0, "repeated_ngrams": 0.0})
 
 
 def lcs_f1(hyp: list[int], ref: list[int]) -> float:
