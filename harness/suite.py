@@ -1,4 +1,4 @@
-"""Suite files: schema, validation with one clear message, and expansion into trials.
+"""Suite files: schema, validation naming every problem in one pass, expansion into trials.
 
 A suite is ``axes x tasks x seeds``: every combination of one named variant per axis, on every
 task, for every seed, is one trial. Variants are dotted overrides of the suite's ``base`` trial
@@ -92,7 +92,8 @@ class SuiteFile(Strict):
     base: dict[str, Any] = Field(default_factory=dict)
     axes: dict[str, dict[str, dict[str, Any] | None]] = Field(default_factory=dict)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    metrics: list[str] = Field(min_length=1)
+    # None: every metric the tasks declare (default_metrics), filled in by load_suite
+    metrics: list[str] | None = Field(None, min_length=1)
     table: TableSpec = Field(default_factory=TableSpec)
     resources: Resources = Field(default_factory=Resources)
     search: SearchSpec = Field(default_factory=SearchSpec)
@@ -280,7 +281,8 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_suite(path: str | Path) -> Suite:
-    """Read, validate and resolve a suite file; raise :class:`SuiteError` on any problem."""
+    """Read, validate and resolve a suite file; raise :class:`SuiteError` naming every problem
+    found in one pass (one line each; a check that needs a broken part is skipped)."""
     path = Path(path)
     fail = _failer(path)
     if not path.is_file():
@@ -294,21 +296,67 @@ def load_suite(path: str | Path) -> Suite:
         raise SuiteError(f"{path}: {where}invalid YAML: {problem}") from None
     if not isinstance(raw, dict):
         fail(["(top level): a suite is a mapping with keys: " + ", ".join(SuiteFile.model_fields)])
-    try:
-        spec = SuiteFile.model_validate(raw)
-    except ValidationError as exc:
-        fail(format_errors(exc, "", SuiteFile))
-    fail(_config_errors(spec))
-    _resolve_data_paths(spec, path.resolve().parent)
-    task_classes = _resolve_tasks(spec, fail)
-    fail(_metric_errors(spec, task_classes))
-    fail(_kind_errors(spec, task_classes))
-    fail(_init_from_errors(spec))
-    fail(_table_errors(spec))
-    fail(search_errors(spec, task_classes))
-    if len(set(spec.seeds)) != len(spec.seeds):
-        fail([f"seeds: duplicate seeds in {spec.seeds}"])
+    spec, broken, problems = _parse(raw)
+    if spec is None:
+        fail(problems)
+    config_ok = not broken & {"base", "axes"}
+    if config_ok:
+        lines = _config_errors(spec)
+        problems += lines
+        config_ok = not lines
+    task_classes: dict[str, type[TaskBase]] = {}
+    tasks_ok = "tasks" not in broken
+    if tasks_ok:
+        _resolve_data_paths(spec, path.resolve().parent)
+        task_classes, lines = _resolve_tasks(spec)
+        problems += lines
+        tasks_ok = not lines
+    metrics_ok = tasks_ok and "metrics" not in broken
+    if metrics_ok:
+        if spec.metrics is None:
+            spec.metrics = default_metrics(task_classes)
+        lines = _metric_errors(spec, task_classes)
+        problems += lines
+        metrics_ok = not lines
+    if config_ok and tasks_ok:
+        problems += _kind_errors(spec, task_classes)
+    if config_ok:
+        problems += _init_from_errors(spec)
+    if not broken & {"axes", "table"}:
+        problems += _table_errors(spec)
+    if config_ok and metrics_ok and "search" not in broken:
+        problems += search_errors(spec, task_classes)
+    if "seeds" not in broken and len(set(spec.seeds)) != len(spec.seeds):
+        problems.append(f"seeds: duplicate seeds in {spec.seeds}")
+    fail(problems)
     return Suite(path=path, spec=spec, task_classes=task_classes)
+
+
+def _parse(raw: dict[str, Any]) -> tuple[SuiteFile | None, set[str], list[str]]:
+    """(spec, top-level keys that are broken, their messages). A broken key is left out (a
+    required one gets a stand-in) so the checks of the other parts still run; spec is None
+    when even that does not validate."""
+    try:
+        return SuiteFile.model_validate(raw), set(), []
+    except ValidationError as exc:
+        problems = format_errors(exc, "", SuiteFile)
+        broken = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+    kept = {key: value for key, value in raw.items() if key not in broken}
+    stand_ins = {"name": "suite", "tasks": [{"name": "copy"}]}  # checks of tasks are skipped
+    kept.update({key: value for key, value in stand_ins.items() if key in broken})
+    try:
+        return SuiteFile.model_validate(kept), broken, problems
+    except ValidationError:
+        return None, broken, problems
+
+
+def default_metrics(task_classes: dict[str, type[TaskBase]]) -> list[str]:
+    """The metrics of a suite without ``metrics:``: every free-running metric the tasks declare
+    (in task order), then their ``_tf`` / ``_mc`` variants."""
+    plain = [name for cls in task_classes.values() for name in cls.metrics]
+    variants = [m for cls in task_classes.values() for m in cls.metric_names()
+                if m not in cls.metrics]
+    return list(dict.fromkeys(plain + variants))
 
 
 def _resolve_data_paths(spec: SuiteFile, folder: Path) -> None:
@@ -361,7 +409,8 @@ def _config_errors(spec: SuiteFile) -> list[str]:
     return lines
 
 
-def _resolve_tasks(spec: SuiteFile, fail) -> dict[str, type[TaskBase]]:
+def _resolve_tasks(spec: SuiteFile) -> tuple[dict[str, type[TaskBase]], list[str]]:
+    """Task label -> task class, and the problems of the tasks that did not resolve."""
     classes: dict[str, type[TaskBase]] = {}
     lines: list[str] = []
     for i, task in enumerate(spec.tasks):
@@ -381,8 +430,7 @@ def _resolve_tasks(spec: SuiteFile, fail) -> dict[str, type[TaskBase]]:
             lines += format_errors(exc, f"tasks[{i}].params.", cls.Params)
             continue
         classes[label] = cls
-    fail(lines)
-    return classes
+    return classes, lines
 
 
 def _metric_errors(spec: SuiteFile, task_classes: dict[str, type[TaskBase]]) -> list[str]:

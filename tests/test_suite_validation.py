@@ -131,8 +131,51 @@ def test_unknown_top_level_key(tmp_path, capsys):
     assert "tasks" in allowed and "axes" in allowed and "metrics" in allowed
 
 
-def test_missing_metrics(tmp_path, capsys):
-    assert bad(tmp_path, capsys, suite(metrics=None)) == "metrics: required field is missing"
+def test_missing_metrics_default_to_every_task_metric(tmp_path, capsys):
+    path = write(tmp_path, suite(metrics=None))
+    code, err = validate(path, capsys)
+    assert code == EXIT_OK, err
+    # free-running first, then the teacher-forced variants
+    assert load_suite(path).spec.metrics == ["exact_match", "token_accuracy",
+                                             "exact_match_tf", "token_accuracy_tf"]
+
+
+def test_default_metrics_of_several_tasks_in_task_order(tmp_path):
+    from lstm_harness.registry import load_task_class
+
+    tasks = [{"name": "copy", "params": {"min_len": 2, "max_len": 4}},
+             {"name": "timeseries", "label": "ts"}]
+    path = write(tmp_path, suite(metrics=None, tasks=tasks))
+    copy_cls, series_cls = load_task_class("copy"), load_task_class("timeseries")
+    plain = [*copy_cls.metrics, *series_cls.metrics]
+    variants = [m for cls in (copy_cls, series_cls) for m in cls.metric_names()
+                if m not in cls.metrics]
+    assert load_suite(path).spec.metrics == plain + variants
+    assert load_suite(path).search_metric() == "exact_match"
+
+
+def test_two_wrong_fields_are_both_reported(tmp_path, capsys):
+    """Every problem in one pass: a top-level field and the base config, each one line."""
+    path = write(tmp_path, suite(seeds="abc", base={"train": {"steps": "many"}}))
+    code, err = validate(path, capsys)
+    assert code == EXIT_BAD_INPUT, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 2, err
+    assert lines[0].startswith(f"error: {path}: seeds: ") and "'abc'" in lines[0], err
+    assert lines[1].startswith(f"error: {path}: base.train.steps: "), err
+    assert "'many'" in lines[1], err
+
+
+def test_missing_metrics_do_not_hide_other_problems(tmp_path, capsys):
+    content = suite(metrics=None, tasks=[{"name": "nosuchtask"}],
+                    table={"rows": ["nosuchaxis"]})
+    path = write(tmp_path, content)
+    code, err = validate(path, capsys)
+    assert code == EXIT_BAD_INPUT, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 2, err
+    assert lines[0].startswith(f"error: {path}: tasks[0].name: "), err
+    assert lines[1] == (f"error: {path}: table.rows: unknown axis 'nosuchaxis'; axes: width"), err
 
 
 def test_seeds_wrong_type(tmp_path, capsys):
