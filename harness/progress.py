@@ -11,6 +11,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from lstm_harness import run_schema as rs
+
 REASON_CHARS = 300
 
 
@@ -96,7 +98,7 @@ class ProgressView(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         shown = {k: v for k, v in result.items()
-                 if k.startswith(("valid.", "test.")) and isinstance(v, float)}
+                 if k.startswith((rs.VALID_PREFIX, rs.TEST_PREFIX)) and isinstance(v, float)}
         metric = next(iter(sorted(shown.items())), None)
         line = f"step {result.get('step', '?')}"
         if metric:

@@ -60,6 +60,7 @@ CELL_PREFIX = "cells."  # f"cells.{stack}.l{k}.utilisation" / ".norm"
 GRAD_NORM = "grad.norm"  # G_t, every step
 GRAD_NORM_MEAN = "grad.norm_mean"  # moving average of G_t
 GRAD_ANOMALY = "grad.anomaly"  # 1.0 at a step flagged as an anomaly
+GRAD_LAYER_PREFIX = "grad.layer."  # + parameter group: that group's gradient norm
 LANDSCAPE_TOP_EIG = "landscape.top_eigenvalue"
 LANDSCAPE_PREDICTIVENESS = "landscape.predictiveness"
 LANDSCAPE_DISTANCE = "landscape.distance"

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from lstm_harness import run_schema as rs
 from lstm_harness.config import TrialConfig, set_dotted
 from lstm_harness.head_options import head_problems
 from lstm_harness.registry import TaskLookupError, load_task_class
@@ -27,7 +28,7 @@ from lstm_harness.tasks.base import TaskBase
 from lstm_harness.training.losses import SEQUENCE_LOSSES
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-VALID = "valid."
+VALID = rs.VALID_PREFIX
 
 
 class SuiteError(Exception):

@@ -74,6 +74,7 @@ import torch.nn.functional as F
 from pydantic import model_validator
 from torch import Tensor, nn
 
+from lstm_harness import run_schema as rs
 from lstm_harness.models.attention import self_attention_context
 from lstm_harness.models.layers import (
     BidirectionalLayer,
@@ -471,7 +472,7 @@ def traces_statistics(found: dict[Site, list[LayerTrace]],
     for (stack, k, direction), traces in found.items():
         layers.setdefault((stack, k), {})[direction or ""] = traces
     for (stack, k), directions in sorted(layers.items()):
-        gates, cells = f"gates.{stack}.l{k}", f"cells.{stack}.l{k}"
+        gates, cells = f"{rs.GATE_PREFIX}{stack}.l{k}", f"{rs.CELL_PREFIX}{stack}.l{k}"
         if "" in directions:
             (traces,) = directions.values()
             stats.update(_layer_stats(gates, cells, traces))
@@ -483,7 +484,7 @@ def traces_statistics(found: dict[Site, list[LayerTrace]],
         every = [t for traces in directions.values() for t in traces]
         stats[f"{gates}.recompute_error"] = _recompute_error(every)
     for stack, k in skipped:
-        stats[f"gates.{stack}.l{k}.skipped"] = 1.0
+        stats[f"{rs.GATE_PREFIX}{stack}.l{k}.skipped"] = 1.0
     return stats
 
 

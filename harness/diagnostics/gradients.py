@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from lstm_harness import run_schema as rs
 from lstm_harness.models.layers import BidirectionalLayer, CustomLSTMLayer, FusedLSTMLayer
 
 # Modules whose parameters are reported together as one recurrent layer.
@@ -92,7 +93,7 @@ def layer_grad_norms(model: nn.Module) -> dict[str, float]:
     groups: dict[str, list[torch.Tensor]] = {}
     for name, p in model.named_parameters():
         if p.grad is not None:
-            groups.setdefault(f"grad.layer.{layer_group(model, name)}", []).append(p.grad)
+            groups.setdefault(rs.GRAD_LAYER_PREFIX + layer_group(model, name), []).append(p.grad)
     return {key: _norm(grads) for key, grads in groups.items()}
 
 

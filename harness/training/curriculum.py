@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
+from lstm_harness import run_schema as rs
 from lstm_harness.strict import Strict
 from lstm_harness.tasks.base import PAD, ForecastBatch, Seq2SeqBatch, Task, TaskBase, concat_batches
 from lstm_harness.training.multitask import TaskRef
@@ -156,19 +157,19 @@ class Curriculum:
             return task.train_batch(step, batch_size, seed)
         if kind.startswith("length_"):
             limit = self.length_limit(step)
-            self.last = {"curriculum.length": float(limit)}
+            self.last = {rs.CURRICULUM_LENGTH: float(limit)}
             return task.train_batch(step, batch_size, seed, (self.shortest, limit))
         if kind == "adaptive":
             p_hard = hard_fraction(self.cfg.p0, self.cfg.alpha, self.accuracy.value)
             cut = self.shortest + math.floor(self.cfg.hard_from * (self.longest - self.shortest))
             easy, hard = (self.shortest, cut), (cut + 1, self.longest)
-            self.last = {"curriculum.p_hard": p_hard,
+            self.last = {rs.CURRICULUM_P_HARD: p_hard,
                          "curriculum.accuracy": self.accuracy.value}
             return self._mixed(step, batch_size, seed, p_hard, easy, hard)
         # naive and combined: the current stage, plus a mix share for combined
         stage = (self.shortest, self.stage_max)
         share = self.cfg.mix_fraction if kind == "combined" else 0.0
-        self.last = {"curriculum.length": float(self.stage_max),
+        self.last = {rs.CURRICULUM_LENGTH: float(self.stage_max),
                      "curriculum.accuracy": self.accuracy.value}
         return self._mixed(step, batch_size, seed, share, stage, (self.shortest, self.longest))
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from lstm_harness import run_schema as rs
 from lstm_harness.config import TrainConfig
 from lstm_harness.models.dropout import DropoutRates, set_dropout_rates
 from lstm_harness.tasks.base import Task
@@ -50,11 +51,11 @@ class Techniques:
         """p_t = p_0 exp(-lambda t) for every non-zero base rate p_0; returns the rates."""
         schedule = self.cfg.dropout_schedule
         if schedule.kind == "constant" or not self.base_rates:
-            return {f"train.dropout.{k}": v for k, v in self.base_rates.items()}
+            return {rs.TRAIN_DROPOUT_PREFIX + k: v for k, v in self.base_rates.items()}
         scale = dropout_scale(schedule.kind, schedule.lam, step)
         rates = {name: p0 * scale for name, p0 in self.base_rates.items()}
         set_dropout_rates(model, **rates)
-        return {f"train.dropout.{k}": v for k, v in rates.items()}
+        return {rs.TRAIN_DROPOUT_PREFIX + k: v for k, v in rates.items()}
 
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
