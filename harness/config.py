@@ -124,6 +124,11 @@ class TrainConfig(Strict):
         "averages the predictive distribution over this many dropout samples (every mask "
         "drawn as in training) and reports <metric>_mc; 0: off; language_model and classify "
         "heads"))
+    length_buckets: list[int] | None = Field(None, min_length=2, description=(
+        "edges e_0 < e_1 < ... of source-length buckets: the final test evaluation also "
+        "reports every free-running metric on the examples whose source length lies in "
+        "(e_{k-1}, e_k], as <metric>_len<e_{k-1}+1>-<e_k> (Bahdanau et al. 2015, Fig. 2; "
+        "Luong et al. 2015, Fig. 6); encoder-decoder head"))
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
@@ -134,6 +139,14 @@ class TrainConfig(Strict):
         None, description="start from the final model of the suite's trial with the same task "
         "and seed and these variants (axis: variant; other axes as this trial), for example "
         "{objective: ce} to fine-tune a cross-entropy model; it runs first")
+
+    @model_validator(mode="after")
+    def check_buckets(self) -> TrainConfig:
+        edges = self.length_buckets
+        if edges is not None and (edges[0] < 0 or any(
+                b <= a for a, b in zip(edges, edges[1:], strict=False))):
+            raise ValueError(f"length_buckets must be increasing edges >= 0 (got {edges})")
+        return self
 
 
 class MonitorConfig(Strict):

@@ -92,6 +92,9 @@ RULES = [
     HeadRule("train.loss.tar", lambda c: c["train"]["loss"]["tar"] > 0, STACK_HEADS,
              "temporal activation regularisation acts on the top layer of a language model "
              "or classifier (Merity et al. 2017)"),
+    HeadRule("train.length_buckets", lambda c: c["train"].get("length_buckets") is not None,
+             frozenset({"seq2seq"}), "per-length metrics are taken by source length of "
+             "sequence-to-sequence examples"),
     HeadRule("train.mc_samples", lambda c: c["train"]["mc_samples"] > 0, STACK_HEADS,
              "MC-dropout evaluation averages predictive distributions of the language model "
              "and the classifier; decoding averages no distribution"),

@@ -141,7 +141,7 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
         train(model, optimizer, task, cfg.train, trial["seed"], state, device, techniques,
               monitors, on_log, on_eval)
         test = evaluate(model, task, "test", cfg.train.eval_batch_size, device,
-                        cfg.train.mc_samples)
+                        cfg.train.mc_samples, cfg.train.length_buckets)
         final = {f"{rs.TEST_PREFIX}{k}": v for k, v in test.items()}
         final.update(monitors.final(model))
         final.update({

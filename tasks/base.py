@@ -26,6 +26,7 @@ prepends BOS itself when it builds decoder inputs.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -223,6 +224,21 @@ def concat_batches(batches: list):
                         ids=torch.cat([b.ids for b in batches]))
 
 
+_BUCKET_SUFFIX = re.compile(r"_len\d+-\d+$")
+
+
+def length_bucket_metric(metric: str, lo: int, hi: int) -> str:
+    """The name of ``metric`` on the examples of source length lo..hi: ``<metric>_len<lo>-<hi>``
+    (``train.length_buckets``)."""
+    return f"{metric}_len{lo}-{hi}"
+
+
+def unbucketed(metric: str) -> str:
+    """A metric name without its length-bucket suffix (``exact_match_len1-10`` ->
+    ``exact_match``)."""
+    return _BUCKET_SUFFIX.sub("", metric)
+
+
 def strip_special(ids: list[int]) -> list[int]:
     """Cut a decoded sequence at its first EOS and drop PAD/BOS."""
     out: list[int] = []
@@ -340,7 +356,7 @@ class TaskBase(ABC):
 
     @classmethod
     def direction(cls, metric: str) -> Direction:
-        return cls.metrics[metric.removesuffix(cls.variant_suffix)]
+        return cls.metrics[unbucketed(metric).removesuffix(cls.variant_suffix)]
 
 
 class Task(TaskBase):

@@ -39,6 +39,9 @@ class CopyParams(TaskParams):
     data_seed: int = Field(1234, description="seed of the held-out splits (not the trial seed)")
     n_train: int | None = Field(None, ge=1, description="a fixed training pool of this many "
                                 "examples (drawn from data_seed); none: fresh examples each step")
+    eval_max_len: int | None = Field(None, ge=1, description="longest valid/test sequence "
+                                     "(length generalisation: train up to max_len, test up to "
+                                     "this); none: max_len")
 
     @model_validator(mode="after")
     def _check_lengths(self) -> CopyParams:
@@ -46,7 +49,15 @@ class CopyParams(TaskParams):
             raise ValueError(
                 f"min_len ({self.min_len}) must be <= max_len ({self.max_len})"
             )
+        if self.eval_max_len is not None and self.eval_max_len < self.max_len:
+            raise ValueError(f"eval_max_len ({self.eval_max_len}) must be >= max_len "
+                             f"({self.max_len})")
         return self
+
+    @property
+    def held_out_max_len(self) -> int:
+        """Longest valid/test content sequence."""
+        return self.eval_max_len if self.eval_max_len is not None else self.max_len
 
 
 class CopyTask(Task):
@@ -68,12 +79,14 @@ class CopyTask(Task):
       (``N_SPECIAL + vocab + 1``) are source-only ids.
 
     The valid and test splits are drawn once from ``data_seed`` (separate generator streams),
-    so they are identical for every trial seed. Training examples are generated on the fly
-    from ``(seed, step)`` and never equal a held-out content sequence: a colliding example is
-    resampled. With ``n_train`` the training data is instead a fixed pool (a third stream of
-    ``data_seed``, held-out sequences excluded) from which batches are drawn by (seed, step);
-    a finite pool is what the perplexity curriculum scores. Sources carry no EOS; targets are
-    followed by EOS.
+    so they are identical for every trial seed; with ``eval_max_len`` their lengths run up to
+    it while training stays within ``max_len`` (the length-generalisation setting of
+    Bahdanau et al. 2015, Fig. 2: train short, test longer). Training examples are generated
+    on the fly from ``(seed, step)`` and never equal a held-out content sequence: a colliding
+    example is resampled. With ``n_train`` the training data is instead a fixed pool (a third
+    stream of ``data_seed``, held-out sequences excluded) from which batches are drawn by
+    (seed, step); a finite pool is what the perplexity curriculum scores. Sources carry no EOS;
+    targets are followed by EOS.
     """
 
     name: ClassVar[str] = "copy"
@@ -111,7 +124,7 @@ class CopyTask(Task):
 
     @property
     def max_target_len(self) -> int:
-        return self.params.max_len
+        return self.params.held_out_max_len
 
     # ------------------------------------------------------------------ examples
 
@@ -158,7 +171,8 @@ class CopyTask(Task):
             stream = _SPLITS.index(split)
             g = torch.Generator().manual_seed(_mix_seed(self.params.data_seed, stream))
             n = self.params.n_valid if split == "valid" else self.params.n_test
-            self._splits[split] = self._sample(n, g)
+            self._splits[split] = self._sample(n, g, (self.params.min_len,
+                                                      self.params.held_out_max_len))
         return self._splits[split]
 
     def _held_out_set(self) -> set[tuple[int, ...]]:
@@ -166,7 +180,7 @@ class CopyTask(Task):
             held = {tuple(x) for split in _SPLITS for x in self.split_sequences(split)}
             p = self.params
             space = sum(p.vocab**length for length in range(p.min_len, p.max_len + 1))
-            if len(held) >= space:
+            if sum(len(x) <= p.max_len for x in held) >= space:
                 raise ValueError(
                     f"the valid and test splits cover all {space} possible sequences; "
                     "no training data is left (raise vocab/max_len or lower n_valid/n_test)"

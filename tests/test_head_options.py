@@ -72,6 +72,7 @@ CASES: dict[str, list[dict]] = {  # README path -> overrides that switch it on
     "train.eval_batch_size": [{"train.eval_batch_size": 3}],
     "train.log_every": [{"train.log_every": 1}],
     "train.mc_samples": [{"train.mc_samples": 2, "model.dropout.output": 0.2}],
+    "train.length_buckets": [{"train.length_buckets": [0, 2, 4]}],
     "train.optimizer": [{"train.optimizer": "sgd", "train.momentum": 0.9}],
     "train.lr": [{"train.lr": 0.01}],
     "train.weight_decay": [{"train.weight_decay": 0.01}],

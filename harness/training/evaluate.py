@@ -14,6 +14,7 @@ from lstm_harness.tasks.base import (
     StreamTask,
     Task,
     TaskBase,
+    length_bucket_metric,
     strip_special,
 )
 
@@ -21,30 +22,36 @@ Split = Literal["valid", "test"]
 
 
 def evaluate(model: torch.nn.Module, task: TaskBase, split: Split, batch_size: int,
-             device: torch.device, mc_samples: int = 0) -> dict[str, float]:
+             device: torch.device, mc_samples: int = 0,
+             length_buckets: list[int] | None = None) -> dict[str, float]:
     """Metrics on a whole split, for every kind of task (see the functions below);
-    ``mc_samples`` > 0 adds MC-dropout metrics (``<m>_mc``) where the kind has them."""
+    ``mc_samples`` > 0 adds MC-dropout metrics (``<m>_mc``) where the kind has them;
+    ``length_buckets`` adds per-source-length metrics of sequence-to-sequence tasks."""
     if isinstance(task, ForecastTask):
         return evaluate_forecast(model, task, split, batch_size, device)
     if isinstance(task, StreamTask):
         return evaluate_stream(model, task, split, batch_size, device, mc_samples)
     if isinstance(task, SequenceTask):
         return evaluate_sequences(model, task, split, batch_size, device, mc_samples)
-    return evaluate_seq2seq(model, task, split, batch_size, device)
+    return evaluate_seq2seq(model, task, split, batch_size, device, length_buckets)
 
 
 @torch.no_grad()
 def evaluate_seq2seq(model: torch.nn.Module, task: Task, split: Split, batch_size: int,
-                     device: torch.device) -> dict[str, float]:
+                     device: torch.device,
+                     length_buckets: list[int] | None = None) -> dict[str, float]:
     """``<m>``: free-running (greedy decoding from the model's own predictions);
     ``<m>_tf``: teacher-forced (argmax at each step given the true prefix); ``loss``: the
-    teacher-forced cross entropy per target token, ``ppl = exp(loss)``.
+    teacher-forced cross entropy per target token, ``ppl = exp(loss)``; with
+    ``length_buckets`` also the free-running metrics per source-length bucket
+    (:func:`bucketed_scores`).
     """
     was_training = model.training
     model.eval()
     tf_hyps: list[list[int]] = []
     free_hyps: list[list[int]] = []
     refs: list[list[int]] = []
+    src_lengths: list[int] = []
     nll, tokens = 0.0, 0
     for batch in task.eval_batches(split, batch_size):
         batch = batch.to(device)
@@ -57,13 +64,32 @@ def evaluate_seq2seq(model: torch.nn.Module, task: Task, split: Split, batch_siz
         free = model.greedy(batch.src, batch.src_len, task.max_target_len + 1)
         free_hyps += [strip_special(row) for row in free.tolist()]
         refs += [strip_special(row) for row in batch.tgt.tolist()]
+        src_lengths += batch.src_len.tolist()
     model.train(was_training)
     metrics = dict(task.score(free_hyps, refs))
+    if length_buckets:
+        metrics.update(bucketed_scores(task, free_hyps, refs, src_lengths, length_buckets))
     metrics.update({f"{k}_tf": v for k, v in task.score(tf_hyps, refs).items()})
     loss = nll / max(tokens, 1)
     metrics["loss"] = loss
     metrics["ppl"] = float(torch.tensor(loss).exp())
     return metrics
+
+
+def bucketed_scores(task: Task, hyps: list[list[int]], refs: list[list[int]],
+                    src_lengths: list[int], edges: list[int]) -> dict[str, float]:
+    """The task's metrics on each source-length bucket (e_{k-1}, e_k] of ``edges``, named
+    ``<metric>_len<e_{k-1}+1>-<e_k>``; buckets without examples are left out, and so are
+    the task's extra (undeclared) values."""
+    out: dict[str, float] = {}
+    for lo, hi in zip(edges, edges[1:], strict=False):
+        rows = [i for i, n in enumerate(src_lengths) if lo < n <= hi]
+        if not rows:
+            continue
+        scores = task.score([hyps[i] for i in rows], [refs[i] for i in rows])
+        out.update({length_bucket_metric(k, lo + 1, hi): v for k, v in scores.items()
+                    if k in task.metrics})
+    return out
 
 
 @torch.no_grad()
