@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "$MLFLOW_TRACKING_URI, else sqlite under --runs-dir)")
         p.add_argument("--runs-dir", type=Path, default=Path("runs"),
                        help="working state: MLflow database, Ray storage (default: runs/)")
-        p.add_argument("--results-dir", type=Path, default=Path("results"),
-                       help="where results/<suite>/ is written (default: results/)")
+        p.add_argument("--results-dir", type=Path, default=None,
+                       help="where <suite>/ is written (default: results/, or results/<sub>/ "
+                       "for a suite in ablations/<sub>/, e.g. results/papers/)")
 
     run = sub.add_parser("run", help="run a suite (resumes it if it ran before)")
     run.add_argument("suite", type=Path)
@@ -180,7 +181,7 @@ def cmd_run(args) -> int:
                + (f", {len(outcome.failed)} failed" if outcome.failed else "")
                + (f", {lost} did not finish (no reason recorded: see Ray's messages above)"
                   if lost > 0 else ""))
-    out_dir = args.results_dir / suite.name
+    out_dir = results_folder(args.results_dir, args.suite, suite.name)
     written = write_results(suite, uri, out_dir, command=command, summary=summary,
                             commit=commit)
     for key, reason in sorted(outcome.failed.items()):
@@ -189,6 +190,19 @@ def cmd_run(args) -> int:
     console.print(f"[bold]{escape(suite.name)}[/]: {escape(summary)}; table: "
                   f"{escape(str(table))}")
     return EXIT_TRIALS_FAILED if outcome.failed or lost > 0 else EXIT_OK
+
+
+def results_folder(results_dir: Path | None, suite_file: Path, name: str) -> Path:
+    """Where a suite's results go: ``<results_dir>/<name>``; without ``--results-dir``,
+    ``results/<name>``, or ``results/<sub>/<name>`` for a suite file in ``ablations/<sub>/``
+    (the paper reproductions: ``ablations/papers/X.yaml`` -> ``results/papers/X``)."""
+    if results_dir is not None:
+        return results_dir / name
+    parents = suite_file.resolve().parent.parts
+    if "ablations" in parents:
+        below = parents[len(parents) - parents[::-1].index("ablations"):]
+        return Path("results", *below, name)
+    return Path("results") / name
 
 
 def cluster_problem(address: str | None) -> str | None:
@@ -218,7 +232,8 @@ def cmd_table(args) -> int:
         return EXIT_BAD_INPUT
     uri = resolve_tracking_uri(args.tracking_uri, args.runs_dir)
     command = args.invocation
-    written = write_results(suite, uri, args.results_dir / suite.name, command=command,
+    written = write_results(suite, uri, results_folder(args.results_dir, args.suite, suite.name),
+                            command=command,
                             summary="tables rebuilt from MLflow")
     for path in written:
         console.print(f"wrote {path}")
@@ -234,7 +249,8 @@ def cmd_report(args) -> int:
         return EXIT_BAD_INPUT
     uri = resolve_tracking_uri(args.tracking_uri, args.runs_dir)
     try:
-        path = write_report(suite, uri, args.results_dir / suite.name, command=args.invocation)
+        path = write_report(suite, uri, results_folder(args.results_dir, args.suite, suite.name),
+                            command=args.invocation)
     except ReportError as exc:
         return error(str(exc))
     console.print(f"wrote {path}")
