@@ -162,3 +162,63 @@ class ProgressView(Callback):
             self.live.update(self.render())
             self.live.stop()
             self.live = None
+
+
+_VIEWS: dict[str, Callback] = {}  # relay name -> the live view of this process
+
+
+class ViewRelay(Callback):
+    """Passes Tune's events on to the live view registered under ``name`` in this process.
+
+    Tune pickles an experiment's callbacks with it and a restored experiment keeps them
+    (``Tuner.restore`` takes no new ones); a relay pickles as its name alone, so the launch
+    that resumes an experiment registers its own view under the same name and sees the
+    events. Without a registered view the events go nowhere.
+    """
+
+    def __init__(self, name: str, view: Callback | None = None) -> None:
+        self.name = name
+        if view is not None:
+            _VIEWS[name] = view
+
+    def release(self) -> None:
+        """Forget this process's view (the experiment is over)."""
+        _VIEWS.pop(self.name, None)
+
+    def __getstate__(self) -> dict:
+        return {"name": self.name}
+
+    def __setstate__(self, state: dict) -> None:
+        self.name = state["name"]
+
+    def target(self) -> Callback | None:
+        """The view registered under this relay's name, if any."""
+        return _VIEWS.get(self.name)
+
+    def setup(self, **info) -> None:
+        if (view := self.target()) is not None:
+            view.setup(**info)
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        if (view := self.target()) is not None:
+            view.on_trial_start(iteration, trials, trial, **info)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if (view := self.target()) is not None:
+            view.on_trial_result(iteration, trials, trial, result, **info)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        if (view := self.target()) is not None:
+            view.on_trial_complete(iteration, trials, trial, **info)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        if (view := self.target()) is not None:
+            view.on_trial_error(iteration, trials, trial, **info)
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        if (view := self.target()) is not None:
+            view.on_trial_recover(iteration, trials, trial, **info)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        if (view := self.target()) is not None:
+            view.on_experiment_end(trials, **info)

@@ -29,6 +29,10 @@ Resuming: a study with ``trials`` COMPLETE or PRUNED trials is not searched agai
 launch runs the missing number (failed trials do not count, as failed grid trials are run
 again; trials a killed launch left RUNNING are marked FAIL). A table trial whose latest
 FINISHED run has the study's best values is not run again; one whose best changed is.
+
+:func:`run_optuna_suite` is the launch (``lstm-harness run`` on such a suite): the searches
+that are short of trials, then the table's trials with each study's best values, through the
+same Tune stage as a grid (:mod:`lstm_harness.launch`).
 """
 
 from __future__ import annotations
@@ -43,8 +47,22 @@ from typing import Any
 
 from lstm_harness import run_schema as rs
 from lstm_harness.config import flatten
+from lstm_harness.launch import (
+    RunOptions,
+    RunOutcome,
+    init_ray,
+    make_trainable,
+    run_stage,
+    table_progress,
+)
+from lstm_harness.search_space import describe
 from lstm_harness.suite import Suite, evaluation_count, fingerprint, resolve_config
-from lstm_harness.tracking import finished_trial_runs
+from lstm_harness.tracking import (
+    end_run,
+    finished_trial_runs,
+    prepare_experiment,
+    start_launch_run,
+)
 from lstm_harness.trial import Runtime, tune_trainable
 
 _STRICT_CHECK = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
@@ -185,16 +203,16 @@ def _searcher_class():
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self._last_valid: dict[str, dict] = {}
+            self.valid_results: dict[str, dict] = {}
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             if self.metric in result:
-                self._last_valid[trial_id] = result
+                self.valid_results[trial_id] = result
                 super().on_trial_result(trial_id, result)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None,
                               error: bool = False) -> None:
-            last = self._last_valid.pop(trial_id, None)
+            last = self.valid_results.pop(trial_id, None)
             if error:
                 result = None
             elif result is None or self.metric not in result:
@@ -221,7 +239,6 @@ def _lenient_metric_check() -> Iterator[None]:
 def search_progress_class():
     """The live view, one line per search trial (they share their trial dict's key)."""
     from lstm_harness.progress import ProgressView
-    from lstm_harness.search_space import describe
 
     class SearchProgress(ProgressView):
         @staticmethod
@@ -353,3 +370,105 @@ def finished_tuned_keys(tracking_uri: str, experiment_id: str, suite: str,
         if all(run.data.params.get(k) == v for k, v in expected.items()):
             done.add(trial["key"])
     return done
+
+
+# --------------------------------------------------------------------------------------------
+# the launch: search, then the table's trials with the best values
+
+
+def run_optuna_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
+    """Search every (variant combination, task) whose study is short of ``search.trials``,
+    then run the suite's trials with each study's best values (tune, then ablate)."""
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    spec = suite.spec.search
+    artifact_dir = opts.runs_dir / "mlartifacts"
+    experiment_id = prepare_experiment(opts.tracking_uri, suite.name, artifact_dir)
+    search_experiment_id = prepare_experiment(
+        opts.tracking_uri, search_experiment(suite.name), artifact_dir)
+    url = storage_url(opts.runs_dir, suite.name)
+    (opts.runs_dir / "optuna").mkdir(parents=True, exist_ok=True)
+    storage = (opts.runs_dir / "ray").resolve()
+    every = targets(suite)
+    studies = {t.label: study_name(suite, t) for t in every}
+    for name in studies.values():
+        close_running(url, name)  # left by a killed launch
+    states = {label: study_state(url, name) for label, name in studies.items()}
+    todo = [t for t in every if states[t.label].counted < spec.trials]
+    trials = suite.trials()
+    paths = list(spec.space)
+
+    def tuned() -> tuple[list[dict], set[str]]:
+        best = {label: s.best for label, s in states.items() if s.best is not None}
+        rows = tuned_trials(trials, best, studies)
+        done = finished_tuned_keys(opts.tracking_uri, experiment_id, suite.name, rows,
+                                      paths)
+        return rows, done
+
+    rows, done_before = tuned()
+    if not todo and len(done_before) == len(trials):
+        return RunOutcome(total=len(trials), skipped=len(trials), finished=len(trials),
+                          failed={})
+
+    init_ray(opts.address)
+    parent = start_launch_run(opts.tracking_uri, experiment_id, suite.name, opts.command)
+    resources = suite.spec.resources
+    search_runtime = Runtime(opts.tracking_uri, search_experiment_id, None,
+                             cpus=resources.cpu, gpus=resources.gpu)
+    status = "FAILED"
+    failed: dict[str, str] = {}
+    search_failures: dict[str, list[str]] = {}
+    concurrent = min(spec.max_concurrent, opts.max_concurrent or spec.max_concurrent)
+    try:
+        for target in todo:
+            state = states[target.label]
+            remaining = spec.trials - state.counted
+            console.print(f"search {target.label}: {remaining} of {spec.trials} trials to run "
+                          f"({concurrent} at once), study '{studies[target.label]}' in {url}")
+            callbacks = []
+            if opts.show_progress:
+                callbacks = [search_progress_class()(
+                    f"{suite.name} search {target.label}", total=remaining)]
+            run = SearchRun(url, storage, search_runtime, concurrent, opts.max_failures,
+                               callbacks, launch=parent[:8])
+            try:
+                errors = run_search(suite, target, remaining, run)
+            finally:
+                for view in callbacks:  # a live view left running would garble the terminal
+                    view.stop()
+            search_failures[target.label] = errors
+            states[target.label] = study_state(url, studies[target.label])
+            if errors:
+                console.print(f"search {target.label}: {len(errors)} of {remaining} trials "
+                              f"failed (failed trials do not count: the next launch runs "
+                              f"as many again); last: "
+                              f"{errors[-1]}")
+        for label, state in states.items():
+            if state.best is None:
+                reasons = search_failures.get(label) or ["no trial completed"]
+                for trial in trials:
+                    if target_label(trial) == label:
+                        failed[trial["key"]] = f"search found no configuration: {reasons[-1]}"
+            elif label in search_failures:
+                console.print(f"search {label}: best valid.{suite.search_metric()} "
+                              f"{state.value:.4g} with {describe(state.best, paths)}")
+        rows, done_before = tuned()
+        pending = [t for t in rows if t["key"] not in done_before]
+        skipped = len(rows) - len(pending)
+        if pending:
+            trainable = make_trainable(suite, opts, experiment_id, parent)
+            progress = table_progress(suite, len(rows), skipped)
+            try:
+                failed.update(run_stage(
+                    pending, trainable, storage, f"{suite.name}-{fingerprint(rows)}", opts,
+                    [progress] if opts.show_progress else [], progress))
+            finally:
+                progress.stop()
+        status = "FINISHED"
+    finally:
+        end_run(opts.tracking_uri, parent, status)
+    now_done = finished_tuned_keys(opts.tracking_uri, experiment_id, suite.name, rows, paths)
+    return RunOutcome(total=len(trials), skipped=len(done_before & {t["key"] for t in rows}),
+                      finished=len(now_done),
+                      failed={k: v for k, v in failed.items() if k not in now_done})
