@@ -24,7 +24,7 @@ from lstm_harness.config import TrialConfig, set_dotted
 from lstm_harness.head_options import head_problems
 from lstm_harness.registry import TaskLookupError, load_task_class
 from lstm_harness.search_space import Distribution, parse_distribution
-from lstm_harness.tasks.base import TaskBase
+from lstm_harness.tasks.base import TaskBase, unbucketed
 from lstm_harness.training.losses import SEQUENCE_LOSSES
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -132,10 +132,13 @@ class Suite:
         return chosen
 
     def directions(self) -> dict[str, str]:
+        """Better direction ("max" | "min") of every metric the tasks report, and of the
+        suite's per-length metrics (``<metric>_len<lo>-<hi>``)."""
         out: dict[str, str] = {}
         for cls in self.task_classes.values():
-            for metric in cls.metric_names():
-                out.setdefault(metric, cls.direction(metric))
+            for metric in [*cls.metric_names(), *(self.spec.metrics or [])]:
+                if unbucketed(metric) in cls.metrics or metric in cls.metric_names():
+                    out.setdefault(metric, cls.direction(metric))
         return out
 
     def search_metric(self) -> str:
@@ -435,10 +438,15 @@ def _resolve_tasks(spec: SuiteFile) -> tuple[dict[str, type[TaskBase]], list[str
 
 
 def _metric_errors(spec: SuiteFile, task_classes: dict[str, type[TaskBase]]) -> list[str]:
+    """Metrics no task reports. A per-length name ``<metric>_len<lo>-<hi>`` counts where
+    ``<metric>`` is a task's free-running metric (``train.length_buckets`` makes it)."""
     reported = {m for cls in task_classes.values() for m in cls.metric_names()}
+    plain = {m for cls in task_classes.values() for m in cls.metrics}
     return [f"metrics[{i}]: unknown metric '{m}'; the suite's tasks report: "
-            f"{', '.join(sorted(reported))}"
-            for i, m in enumerate(spec.metrics) if m not in reported]
+            f"{', '.join(sorted(reported))} (and <metric>_len<lo>-<hi> per source length with "
+            "train.length_buckets)"
+            for i, m in enumerate(spec.metrics)
+            if m not in reported and not (m != unbucketed(m) and unbucketed(m) in plain)]
 
 
 def forecast_conflicts(config: dict[str, Any]) -> list[str]:

@@ -80,3 +80,34 @@ def test_eval_max_len_makes_held_out_sequences_longer_than_training() -> None:
     assert default.split_sequences("test") == same.split_sequences("test")
     with pytest.raises(ValidationError, match="eval_max_len"):
         CopyParams(max_len=10, eval_max_len=5)
+
+
+SUITE = """
+name: buckets
+tasks:
+  - {name: copy, params: {variant: reverse, vocab: 5, min_len: 2, max_len: 4, eval_max_len: 6,
+                          n_valid: 16, n_test: 32}}
+base:
+  model: {embed: 8, hidden: 8}
+  train: {steps: 4, batch_size: 8, eval_every: 4, length_buckets: [0, 4, 6]}
+seeds: [0]
+metrics: [exact_match, exact_match_len1-4, exact_match_len5-6, token_accuracy_len5-6]
+"""
+
+
+def test_a_suite_names_per_length_metrics_and_its_trials_report_them(tmp_path) -> None:
+    from lstm_harness.suite import SuiteError, load_suite
+    from lstm_harness.trial import Runtime, execute_trial
+
+    file = tmp_path / "buckets.yaml"
+    file.write_text(SUITE)
+    suite = load_suite(file)
+    assert suite.directions()["exact_match_len5-6"] == "max"
+    (trial,) = suite.trials()
+    final = execute_trial(trial, Runtime(tracking_uri=None, experiment_id=None,
+                                         parent_run_id=None))
+    for name in ("exact_match_len1-4", "exact_match_len5-6", "token_accuracy_len5-6"):
+        assert 0.0 <= final[f"test.{name}"] <= 1.0
+    file.write_text(SUITE.replace("token_accuracy_len5-6", "bleu_len5-6"))
+    with pytest.raises(SuiteError, match=r"metrics\[3\]: unknown metric 'bleu_len5-6'"):
+        load_suite(file)

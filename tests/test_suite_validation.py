@@ -281,9 +281,11 @@ def test_duplicate_task_label(tmp_path, capsys):
 def test_unknown_metric(tmp_path, capsys):
     msg = bad(tmp_path, capsys, suite(metrics=["exact_match", "bleu"]))
     assert msg.startswith("metrics[1]: unknown metric 'bleu'; the suite's tasks report: "), msg
-    reported = msg.split("report: ")[1].split(", ")
+    reported = msg.split("report: ")[1].split(" (and ")[0].split(", ")
     assert {"exact_match", "exact_match_tf", "token_accuracy", "token_accuracy_tf"} == set(
         reported)
+    assert msg.endswith("(and <metric>_len<lo>-<hi> per source length with "
+                        "train.length_buckets)"), msg
 
 
 # ------------------------------------------------------------------ table, seeds, axes
