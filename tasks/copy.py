@@ -26,6 +26,27 @@ def _mix_seed(seed: int, stream: int) -> int:
     return (seed * 1_000_003 + stream) % _SEED_MOD
 
 
+def sequence_accuracy(hyps: list[list[int]], refs: list[list[int]]) -> dict[str, float]:
+    """Exact-match rate and per-token accuracy over reference positions.
+
+    ``token_accuracy`` counts, over all references, the positions ``i < len(ref)`` where
+    ``hyp[i] == ref[i]``, divided by the total reference length; missing hypothesis tokens
+    count as wrong and extra ones are ignored (1.0 if every reference is empty).
+    """
+    if not hyps or not refs:
+        raise ValueError("score() needs non-empty hyps and refs")
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references")
+    exact = sum(list(h) == list(r) for h, r in zip(hyps, refs, strict=True))
+    correct = sum(sum(a == b for a, b in zip(h, r, strict=False))
+                  for h, r in zip(hyps, refs, strict=True))
+    total = sum(len(r) for r in refs)
+    return {
+        "exact_match": exact / len(refs),
+        "token_accuracy": correct / total if total else 1.0,
+    }
+
+
 class CopyParams(TaskParams):
     """Parameters of :class:`CopyTask`."""
 
@@ -253,24 +274,8 @@ class CopyTask(Task):
         return batches()
 
     def score(self, hyps: list[list[int]], refs: list[list[int]]) -> dict[str, float]:
-        """Exact-match rate and per-token accuracy over reference positions.
-
-        ``token_accuracy`` counts, over all references, the positions ``i < len(ref)`` where
-        ``hyp[i] == ref[i]``, divided by the total reference length; missing hypothesis tokens
-        count as wrong and extra ones are ignored (1.0 if every reference is empty).
-        """
-        if not hyps or not refs:
-            raise ValueError("score() needs non-empty hyps and refs")
-        if len(hyps) != len(refs):
-            raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references")
-        exact = sum(list(h) == list(r) for h, r in zip(hyps, refs, strict=True))
-        correct = sum(sum(a == b for a, b in zip(h, r, strict=False))
-                      for h, r in zip(hyps, refs, strict=True))
-        total = sum(len(r) for r in refs)
-        return {
-            "exact_match": exact / len(refs),
-            "token_accuracy": correct / total if total else 1.0,
-        }
+        """Exact-match rate and per-token accuracy (:func:`sequence_accuracy`)."""
+        return sequence_accuracy(hyps, refs)
 
     def reward(self, hyps: list[list[int]], refs: list[list[int]]) -> list[float]:
         """Per-sentence token accuracy: |{i < len(y*) : y_i = y*_i}| / max(len(y*), len(y)),

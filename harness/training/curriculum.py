@@ -19,9 +19,11 @@ task the length is the forecast horizon, so a length curriculum predicts near st
   each phase adding the next third (``cumulative``) or using only its own.
 - ``naive``, ``mix``, ``combined`` (Zaremba & Sutskever 2014, "Learning to Execute"): naive
   trains at one difficulty and moves up one stage (``stage_size`` lengths) when the running
-  accuracy reaches ``advance_at``; mix draws every example from the whole range as the task
-  samples it (uniform lengths for the copy task, as in the paper); combined draws a
-  ``mix_fraction`` of each batch as in mix and the rest as in naive.
+  accuracy reaches ``advance_at``; mix draws every example from the whole range (the task's
+  ``length_bounds``; uniform lengths for the copy task, uniform digit counts for addition, as
+  in the paper); combined draws a ``mix_fraction`` of each batch as in mix and the rest as in
+  naive. Without a curriculum the task's own distribution is used (for addition, as in the
+  paper's baseline, only the target difficulty).
 """
 
 from __future__ import annotations
@@ -152,9 +154,12 @@ class Curriculum:
         kind, task = self.cfg.kind, self.task
         if kind == "perplexity":
             return self._perplexity_batch(step, batch_size, seed)
-        if kind == "none" or kind == "mix":
+        if kind == "none":
             self.last = {}
             return task.train_batch(step, batch_size, seed)
+        if kind == "mix":  # every example from the whole range, uniformly (the copy task's
+            self.last = {}  # own distribution; the addition task's default is the hardest)
+            return task.train_batch(step, batch_size, seed, (self.shortest, self.longest))
         if kind.startswith("length_"):
             limit = self.length_limit(step)
             self.last = {rs.CURRICULUM_LENGTH: float(limit)}
