@@ -114,7 +114,10 @@ def run(layer: CustomLSTMLayer, fast: bool, x, state, lengths, seed: int):
 
 @pytest.mark.parametrize("cell", CELLS, ids=lambda k: "+".join(k) or "vanilla")
 @pytest.mark.parametrize("rates", list(RATES))
-def test_fast_loop_equals_autograd_loop(cell, rates):
+@pytest.mark.parametrize("loop", ["auto", "python"])
+def test_fast_loop_equals_autograd_loop(cell, rates, loop, monkeypatch):
+    """Both time loops (the compiled one where it builds, and the PyTorch fallback)."""
+    monkeypatch.setenv("LSTM_HARNESS_LOOP", loop)
     torch.manual_seed(3)
     layer = CustomLSTMLayer(X, H, RATES[rates], **cell).to(F64)
     if cell.get("layernorm"):

@@ -26,6 +26,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from lstm_harness.models import compiled_loop
 from lstm_harness.models.attention import self_attention_context
 from lstm_harness.models.dropout import DropoutRates, bernoulli_mask, zoneout
 
@@ -333,7 +334,7 @@ class SequenceLoop(torch.autograd.Function):
 class CustomLSTMLayer(nn.Module):
     """A unidirectional LSTM layer with its own time loop.
 
-    Step (SPEC symbols; each option changes one line):
+    Step (Hochreiter & Schmidhuber 1997, nn.LSTM's gate order; each option changes one line):
       gates  = W' x_t + b + R(W h_{t-1})      R = LN per gate if layernorm (Ba et al. 2016),
                                               identity otherwise; h_{t-1} times the recurrent
                                               dropout mask; with self-attention the recurrent
@@ -343,12 +344,16 @@ class CustomLSTMLayer(nn.Module):
       highway (Zhang et al. 2016): T = sigma(W_T [h_{t-1}, x_t] + b_T),
                h_t = T * h~_t + (1 - T) * h_{t-1}
       residual_step: h_t = h_{t-1} + h~_t
-      zoneout: h_t = d * h_{t-1} + (1 - d) * h_t (and the same on C_t with zoneout_c)
+      zoneout (Krueger et al. 2017): h_t = d * h_{t-1} + (1 - d) * h_t (and the same on C_t
+               with zoneout_c)
     Padded steps (t >= length) keep the previous state.
 
-    ``forward`` draws the per-step masks of the whole sequence (recurrent dropout, zoneout) before
-    the loop and, except with self-attention, runs the loop as :class:`SequenceLoop`; ``fast =
-    False`` runs it step by step through autograd instead (the same masks: a reference).
+    ``forward`` draws the per-step masks of the whole sequence (recurrent dropout (Semeniuta
+    et al. 2016), zoneout) before the loop and, except with self-attention, runs the loop as
+    :class:`~lstm_harness.models.compiled_loop.CompiledSequenceLoop` (C++, on CPU float32/64 when
+    the extension is built) or :class:`SequenceLoop` (the same formula in PyTorch: CUDA, other
+    dtypes, no compiler, ``LSTM_HARNESS_LOOP=python``); ``fast = False`` runs it step by step
+    through autograd instead (the same masks: a reference).
     """
 
     fast = True
@@ -507,8 +512,11 @@ class CustomLSTMLayer(nn.Module):
             keep.append(d)
         ln = ((self.ln_gates_gain, self.ln_gates_bias, self.ln_cell_gain, self.ln_cell_bias)
               if self.layernorm else (None,) * 4)
-        out, h, c = SequenceLoop.apply(xw, state[0], state[1], self._w_hh_t.t(), *ln, rec_mask,
-                                       *keep, self.highway, self.residual_step, self.ln_eps)
+        # the compiled loop where it runs (CPU, float32/64, built), else the same in PyTorch
+        loop = (compiled_loop.CompiledSequenceLoop if compiled_loop.usable(xw)
+                else SequenceLoop)
+        out, h, c = loop.apply(xw, state[0], state[1], self._w_hh_t.t(), *ln, rec_mask, *keep,
+                               self.highway, self.residual_step, self.ln_eps)
         return out, (h, c)
 
 

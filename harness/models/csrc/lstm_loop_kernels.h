@@ -1,0 +1,328 @@
+// Per-step pointwise kernels of the custom LSTM time loop (one pass over a batch row per step).
+//
+// Header-free on purpose: lstm_loop.cpp includes this file twice, inside two namespaces, once
+// compiled for x86-64-v3 (AVX2 + FMA, chosen at run time when the CPU has them) and once for the
+// baseline ISA. Everything here is static or in an anonymous namespace, so the two copies never
+// meet at link time. The loops are written for the auto-vectoriser: unit stride, no calls in the
+// float path (exp is a polynomial, below).
+//
+// Step (Hochreiter & Schmidhuber 1997; gate order i, f, g, o of nn.LSTM, + T with highway):
+//   pre   = xw_t + R(h_in W_hh^T)          R = LN per gate block (Ba et al. 2016) or identity;
+//                                          the highway block T is never normalised
+//   i, f, o, T = sigma(pre),  g = tanh(pre) = 2 sigma(2 pre) - 1
+//   C~    = f C_{t-1} + i g
+//   C_t   = lerp(C~, C_{t-1}, k_c)        zoneout keep weight k_c (Krueger et al. 2017)
+//   h~    = o tanh(LN(C~))                 LN of the cell only with layernorm
+//   h     = lerp(h_{t-1}, h~, T)           highway (Zhang et al. 2016)
+//   h     = h_{t-1} + h                    residual_step
+//   h_t   = lerp(h, h_{t-1}, k_h)          zoneout on h (k = d in training, p at evaluation,
+//                                          1 on padded steps)
+//   h_in_{t+1} = m_{t+1} h_t               recurrent dropout mask (Semeniuta et al. 2016)
+// lerp(a, b, w) is torch.lerp's formula (exact at w = 0 and w = 1).
+
+namespace {
+
+// -- activations -------------------------------------------------------------------------------
+// exp for float: Cephes' expf polynomial (relative error ~2e-7) with 2^n built in the exponent
+// bits, so that the loops vectorise; double uses libm (tests, gradcheck).
+static inline float exp_approx(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  float y = p * r * r + r + 1.0f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  __builtin_memcpy(&scale, &bits, sizeof(scale));
+  return y * scale;
+}
+
+static inline float sigmoid_(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+static inline double sigmoid_(double x) { return 1.0 / (1.0 + __builtin_exp(-x)); }
+// tanh(x) = 2 sigma(2x) - 1, as the fallback computes tanh(g)
+static inline float tanh_gate_(float x) { return 2.0f * sigmoid_(2.0f * x) - 1.0f; }
+static inline double tanh_gate_(double x) { return 2.0 * sigmoid_(2.0 * x) - 1.0; }
+static inline float tanh_cell_(float x) { return tanh_gate_(x); }
+static inline double tanh_cell_(double x) { return __builtin_tanh(x); }
+
+template <typename T>
+static inline T lerp_(T a, T b, T w) {  // torch.lerp(a, b, w)
+  return w < T(0.5) ? a + w * (b - a) : b - (b - a) * (T(1) - w);
+}
+
+// mean and 1 / sqrt(var + eps) of x[0 .. n) (biased variance, two passes; 8 partial sums, so
+// that the sums vectorise)
+template <typename T>
+static inline T sum_(const T* __restrict__ x, int64_t n) {
+  T p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    for (int l = 0; l < 8; ++l) p[l] += x[j + l];
+  }
+  T s = ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7]));
+  for (; j < n; ++j) s += x[j];
+  return s;
+}
+
+template <typename T>
+static inline T sum_sq_dev_(const T* __restrict__ x, int64_t n, T m) {
+  T p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    for (int l = 0; l < 8; ++l) p[l] += (x[j + l] - m) * (x[j + l] - m);
+  }
+  T s = ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7]));
+  for (; j < n; ++j) s += (x[j] - m) * (x[j] - m);
+  return s;
+}
+
+template <typename T>
+static inline void moments_(const T* x, int64_t n, T eps, T* mean, T* rstd) {
+  T m = sum_(x, n) / T(n);
+  *mean = m;
+  *rstd = T(1) / __builtin_sqrt(sum_sq_dev_(x, n, m) / T(n) + eps);
+}
+
+// -- forward -----------------------------------------------------------------------------------
+template <typename T>
+static void forward_row(const ForwardRow<T>& a) {
+  const int64_t H = a.H, W = a.W, four = 4 * H;
+  T* __restrict__ act = a.acts;
+  if (a.layernorm) {
+    for (int64_t k = 0; k < 4; ++k) {
+      const T* r = a.rec + k * H;
+      T* xh = a.xhat + k * H;
+      T mean, rstd;
+      moments_(r, H, a.eps, &mean, &rstd);
+      a.rstd_g[k] = rstd;
+      a.mean_g[k] = mean;
+      const T* xw = a.xw + k * H;
+      const T* gg = a.gates_gain + k * H;
+      const T* gb = a.gates_bias + k * H;
+      T* pre = act + k * H;
+      #pragma GCC ivdep
+      for (int64_t j = 0; j < H; ++j) {
+        T n = (r[j] - mean) * rstd;
+        xh[j] = n;
+        pre[j] = (xw[j] + gb[j]) + n * gg[j];
+      }
+    }
+    #pragma GCC ivdep
+    for (int64_t j = four; j < W; ++j) act[j] = a.xw[j] + a.rec[j];
+  } else {
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < W; ++j) act[j] = a.xw[j] + a.rec[j];
+  }
+  #pragma GCC ivdep
+  for (int64_t j = 0; j < 2 * H; ++j) act[j] = sigmoid_(act[j]);
+  #pragma GCC ivdep
+  for (int64_t j = 2 * H; j < 3 * H; ++j) act[j] = tanh_gate_(act[j]);
+  #pragma GCC ivdep
+  for (int64_t j = 3 * H; j < W; ++j) act[j] = sigmoid_(act[j]);
+  const T* __restrict__ i = act;
+  const T* __restrict__ f = act + H;
+  const T* __restrict__ g = act + 2 * H;
+  const T* __restrict__ o = act + 3 * H;
+  T* __restrict__ cn = a.c_new;
+  #pragma GCC ivdep
+  for (int64_t j = 0; j < H; ++j) cn[j] = f[j] * a.c_prev[j] + i[j] * g[j];
+  if (a.keep_c) {
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) a.c[j] = lerp_(cn[j], a.c_prev[j], a.keep_c[j]);
+  }
+  T* __restrict__ tc = a.tanh_c;
+  T* __restrict__ h = a.h;
+  if (a.layernorm) {
+    T mean, rstd;
+    moments_(cn, H, a.eps, &mean, &rstd);
+    *a.mean_c = mean;
+    *a.rstd_c = rstd;
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) {
+      tc[j] = tanh_cell_((cn[j] - mean) * rstd * a.cell_gain[j] + a.cell_bias[j]);
+    }
+  } else {
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) tc[j] = tanh_cell_(cn[j]);
+  }
+  #pragma GCC ivdep
+  for (int64_t j = 0; j < H; ++j) h[j] = o[j] * tc[j];
+  if (a.highway) {
+    const T* tr = act + four;
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) h[j] = lerp_(a.h_prev[j], h[j], tr[j]);
+  }
+  if (a.residual) {
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) h[j] = a.h_prev[j] + h[j];
+  }
+  if (a.keep_h) {
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) h[j] = lerp_(h[j], a.h_prev[j], a.keep_h[j]);
+  }
+  if (a.mask_next) {
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) a.h_in_next[j] = h[j] * a.mask_next[j];
+  }
+}
+
+// -- backward ----------------------------------------------------------------------------------
+// Reverse-mode of the step above for one row: dL/d(pre) into d_pre and, with layernorm,
+// dL/d(h_in W_hh^T) over x^ (read for the last time here; recomputed for a repeat backward).
+template <typename T>
+static void backward_row(const BackwardRow<T>& a) {
+  const int64_t H = a.H, four = 4 * H;
+  const T* __restrict__ act = a.acts;
+  T* __restrict__ dz = a.d_pre;
+  T* __restrict__ ghp = a.gh_prev;
+  T* __restrict__ gc = a.gc;
+  T* __restrict__ dch = a.scratch;  // dL/d(tanh argument) * o (1 - tanh^2) = dL/dC^
+  const T* __restrict__ tc = a.tanh_c;
+  T* __restrict__ gh = a.scratch + H;  // dL/dh~ (after the skip paths)
+  const T* __restrict__ o = act + 3 * H;
+  const T* __restrict__ tr = act + four;
+  T* __restrict__ dz_o = dz + 3 * H;
+  T* __restrict__ dz_tr = dz + four;
+  const T* __restrict__ d_out = a.d_out;
+  const T* __restrict__ hp = a.h_prev;
+  // each option its own loop: no loads under a condition, so every loop vectorises
+  if (a.first) {
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) gh[j] = a.d_h[j] + d_out[j];
+  } else if (a.mask_next) {
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) gh[j] = (a.d_h_in[j] * a.mask_next[j] + ghp[j]) + d_out[j];
+  } else {
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) gh[j] = (a.d_h_in[j] + ghp[j]) + d_out[j];
+  }
+  bool has = false;  // whether a skip path carries dL/dh_t to h_{t-1} (then in ghp)
+  if (a.keep_h) {    // h_t = lerp(h, h_{t-1}, k)
+    const T* __restrict__ k = a.keep_h;
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) {
+      ghp[j] = gh[j] * k[j];
+      gh[j] = gh[j] - ghp[j];
+    }
+    has = true;
+  }
+  if (a.residual) {  // h = h_{t-1} + h~
+    if (has) {
+      #pragma GCC ivdep
+      for (int64_t j = 0; j < H; ++j) ghp[j] = ghp[j] + gh[j];
+    } else {
+      #pragma GCC ivdep
+      for (int64_t j = 0; j < H; ++j) ghp[j] = gh[j];
+    }
+    has = true;
+  }
+  if (a.highway) {  // h = T h~ + (1 - T) h_{t-1}
+    const T* __restrict__ tk = tr;
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) {  // dL/d(pre_T)
+      T t = tk[j];
+      dz_tr[j] = gh[j] * ((t - t * t) * (o[j] * tc[j] - hp[j]));
+    }
+    if (has) {
+      #pragma GCC ivdep
+      for (int64_t j = 0; j < H; ++j) ghp[j] = (ghp[j] + gh[j]) - gh[j] * tk[j];
+    } else {
+      #pragma GCC ivdep
+      for (int64_t j = 0; j < H; ++j) ghp[j] = gh[j] - gh[j] * tk[j];
+    }
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) gh[j] = gh[j] * tk[j];
+    has = true;
+  }
+  if (!has) {
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) ghp[j] = T(0);
+  }
+  #pragma GCC ivdep
+  for (int64_t j = 0; j < H; ++j) {
+    T oj = o[j], hc = oj * tc[j];
+    dz_o[j] = gh[j] * ((oj - oj * oj) * tc[j]);
+    dch[j] = gh[j] * (oj - hc * tc[j]);  // o (1 - tanh^2)
+  }
+  if (a.layernorm) {  // LN of the cell: dL/dC~ from dL/dC^
+    const T mean = *a.mean_c, rstd = *a.rstd_c;
+    const T* __restrict__ cg = a.cell_gain;
+    const T* __restrict__ cn = a.c_new;
+    T* __restrict__ xh = a.scratch + 2 * H;
+    T* __restrict__ dy = gh;  // dL/dh~ is spent
+    T* __restrict__ dyx = a.scratch + 3 * H;
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) {
+      xh[j] = (cn[j] - mean) * rstd;
+      dy[j] = dch[j] * cg[j];
+      dyx[j] = dy[j] * xh[j];
+      a.d_cell_gain[j] += dch[j] * xh[j];
+      a.d_cell_bias[j] += dch[j];
+    }
+    const T s1 = sum_(dy, H) / T(H), s2 = sum_(dyx, H) / T(H);
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) dch[j] = rstd * (dy[j] - s1 - xh[j] * s2);
+  }
+  const T* __restrict__ i = act;
+  const T* __restrict__ f = act + H;
+  const T* __restrict__ g = act + 2 * H;
+  T* __restrict__ dz_i = dz;
+  T* __restrict__ dz_f = dz + H;
+  T* __restrict__ dz_g = dz + 2 * H;
+  const T* __restrict__ cp = a.c_prev;
+  if (a.keep_c) {  // C_t = lerp(C~, C_{t-1}, k)
+    const T* __restrict__ k = a.keep_c;
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) {
+      T keep = gc[j] * k[j];
+      T dc = (gc[j] + dch[j]) - keep;
+      T ij = i[j], fj = f[j], gj = g[j];
+      dz_i[j] = dc * ((ij - ij * ij) * gj);
+      dz_f[j] = dc * ((fj - fj * fj) * cp[j]);
+      dz_g[j] = dc * (ij - ij * gj * gj);
+      gc[j] = keep + dc * fj;
+    }
+  } else {
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) {
+      T dc = gc[j] + dch[j];
+      T ij = i[j], fj = f[j], gj = g[j];
+      dz_i[j] = dc * ((ij - ij * ij) * gj);
+      dz_f[j] = dc * ((fj - fj * fj) * cp[j]);
+      dz_g[j] = dc * (ij - ij * gj * gj);
+      gc[j] = dc * fj;
+    }
+  }
+  if (a.layernorm) {  // LN of the recurrent gates: dL/d(h_in W^T) from dL/d(pre)
+    T* __restrict__ dy = a.scratch + 2 * H;
+    T* __restrict__ dyx = a.scratch + 3 * H;
+    for (int64_t k = 0; k < 4; ++k) {
+      const T* __restrict__ dzk = dz + k * H;
+      const T* __restrict__ gg = a.gates_gain + k * H;
+      T* __restrict__ xh = a.xhat + k * H;
+      T* __restrict__ dgg = a.d_gates_gain + k * H;
+      #pragma GCC ivdep
+      for (int64_t j = 0; j < H; ++j) {
+        dy[j] = dzk[j] * gg[j];
+        dyx[j] = dy[j] * xh[j];
+        dgg[j] += dzk[j] * xh[j];
+      }
+      const T s1 = sum_(dy, H) / T(H), s2 = sum_(dyx, H) / T(H);
+      const T rstd = a.rstd_g[k];
+      #pragma GCC ivdep
+      for (int64_t j = 0; j < H; ++j) xh[j] = rstd * (dy[j] - s1 - xh[j] * s2);
+    }
+    if (a.highway) {
+      #pragma GCC ivdep
+      for (int64_t j = four; j < a.W; ++j) a.xhat[j] = dz[j];
+    }
+  }
+}
+
+}  // namespace

@@ -1,0 +1,336 @@
+"""The compiled C++ time loop (``CompiledSequenceLoop``) against the PyTorch fallback
+(``SequenceLoop``), autograd and nn.LSTM.
+
+- gradcheck in float64 of the compiled Function with every cell option and mask kind;
+- compiled vs fallback on the same inputs: outputs and the gradient of every input (xw, h0,
+  c0, W_hh, the LayerNorm parameters) to 1e-5 in float32 and 1e-12 in float64;
+- the layer (``CustomLSTMLayer``) with every dropout/zoneout setting, training and evaluation,
+  with and without padding: the compiled loop vs ``LSTM_HARNESS_LOOP=python`` on the same masks;
+- the layer with no technique, pushed through the compiled loop, vs nn.LSTM with copied weights.
+
+The compiled tests skip only when no C++ compiler or ninja is installed (then the fallback is
+what runs, and is tested); with both installed a failed build fails the tests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import zlib
+
+import pytest
+import torch
+from torch import nn
+from torch.autograd import gradcheck
+
+from lstm_harness.models import compiled_loop
+from lstm_harness.models.compiled_loop import CompiledSequenceLoop
+from lstm_harness.models.dropout import DropoutRates
+from lstm_harness.models.layers import CustomLSTMLayer, SequenceLoop
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+F64, F32 = torch.float64, torch.float32
+HAS_TOOLCHAIN = bool((shutil.which("c++") or shutil.which("g++")) and shutil.which("ninja"))
+needs_compiled = pytest.mark.skipif(
+    not HAS_TOOLCHAIN, reason="no C++ compiler or ninja: the PyTorch fallback runs")
+
+CELLS = [
+    {},
+    {"layernorm": True},
+    {"highway": True},
+    {"residual_step": True},
+    {"layernorm": True, "highway": True},
+    {"highway": True, "residual_step": True},
+    {"layernorm": True, "residual_step": True},
+]
+MASKS = ["none", "variational", "per_step", "keep", "keep_broadcast", "keep_scalar", "all"]
+
+
+def cell_id(cell: dict) -> str:
+    return "+".join(cell) or "vanilla"
+
+
+def loop_inputs(cell: dict, masks: str, gen: torch.Generator, dtype: torch.dtype = F64,
+                size: tuple[int, int, int] = (3, 2, 3)) -> list:
+    """SequenceLoop's arguments: random inputs (requiring grad) and masks of the given kind."""
+    steps, batch, hid = size
+    blocks = 5 if cell.get("highway") else 4
+
+    def rand(*shape, scale=1.0, shift=0.0):
+        x = shift + scale * torch.randn(*shape, generator=gen, dtype=F64)
+        return x.to(dtype).requires_grad_()
+
+    inputs = [rand(steps, batch, blocks * hid), rand(batch, hid, scale=0.5),
+              rand(batch, hid, scale=0.5), rand(blocks * hid, hid, scale=0.7)]
+    if cell.get("layernorm"):  # gains away from 1, biases away from 0 (H = 3: see test_fast_cell)
+        inputs += [rand(4, hid, scale=0.3, shift=1.0), rand(4, hid, scale=0.3),
+                   rand(hid, scale=0.3, shift=1.0), rand(hid, scale=0.3)]
+    else:
+        inputs += [None] * 4
+
+    def bits(*shape):
+        return torch.randint(0, 2, shape, generator=gen).to(dtype)
+
+    rec = keep_h = keep_c = None
+    if masks == "variational":
+        rec = 2 * bits(batch, hid)
+    elif masks == "per_step":
+        rec = 2 * bits(steps, batch, hid)
+    elif masks == "keep":  # zoneout masks d (1 also on padded steps)
+        keep_h, keep_c = bits(steps, batch, hid), bits(steps, batch, hid)
+    elif masks == "keep_broadcast":  # evaluation zoneout p with padding: [T, B, 1]
+        keep_h = torch.full((steps, batch, 1), 0.3, dtype=dtype)
+        keep_h[-1, -1] = 1.0
+        keep_c = torch.full((steps, batch, 1), 0.6, dtype=dtype)
+    elif masks == "keep_scalar":  # evaluation zoneout p without padding: an expanded scalar
+        keep_h = torch.full((1, 1, 1), 0.25, dtype=dtype).expand(steps, batch, hid)
+    elif masks == "all":  # recurrent dropout per step and zoneout on h and c together
+        rec = 2 * bits(steps, batch, hid)
+        keep_h, keep_c = bits(steps, batch, hid), bits(steps, batch, hid)
+    return inputs + [rec, keep_h, keep_c, bool(cell.get("highway")),
+                     bool(cell.get("residual_step")), 1e-5]
+
+
+def values_and_grads(loop: type[torch.autograd.Function], inputs: list) -> list[torch.Tensor]:
+    """Outputs of ``loop`` and the gradient of every differentiable input, for a fixed random
+    weighting of the three outputs (fresh leaves: the two loops never share a graph)."""
+    leaves = [x.detach().clone().requires_grad_(x.requires_grad)
+              if isinstance(x, torch.Tensor) else x for x in inputs]
+    outputs = loop.apply(*leaves)
+    gen = torch.Generator().manual_seed(7)
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=F64).to(o.dtype)).sum()
+               for o in outputs)
+    wrt = [x for x in leaves if isinstance(x, torch.Tensor) and x.requires_grad]
+    return [*outputs, *torch.autograd.grad(loss, wrt)]
+
+
+def assert_close(got: list[torch.Tensor], want: list[torch.Tensor], tol: float) -> None:
+    assert len(got) == len(want)
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert a.shape == b.shape and a.dtype == b.dtype, k
+        scale = max(1.0, b.abs().max().item())
+        err = (a - b).abs().max().item()
+        assert err <= tol * scale, f"tensor {k}: max error {err:.3g} (scale {scale:.3g})"
+
+
+def seed_of(*parts: object) -> int:
+    # a fixed seed per case: hash() of a str changes between processes
+    return zlib.crc32("/".join(map(str, parts)).encode()) % 10_000
+
+
+# -- the build ----------------------------------------------------------------------------------
+
+def test_backend_is_named(monkeypatch):
+    name = compiled_loop.backend()
+    assert name.startswith(("compiled C++ loop", "PyTorch fallback ("))
+    monkeypatch.setenv(compiled_loop.ENV_LOOP, "python")
+    assert compiled_loop.backend() == "PyTorch fallback (LSTM_HARNESS_LOOP=python)"
+    assert not compiled_loop.usable(torch.zeros(2, 1, 4))
+
+
+@needs_compiled
+def test_compiler_present_means_compiled():
+    """With g++ and ninja installed a build failure is a bug, not a reason to skip."""
+    assert compiled_loop.available(), compiled_loop.backend()
+    assert compiled_loop.backend().startswith("compiled C++ loop")
+    assert compiled_loop.usable(torch.zeros(2, 1, 4))
+    assert compiled_loop.usable(torch.zeros(2, 1, 4, dtype=F64))
+    assert not compiled_loop.usable(torch.zeros(2, 1, 4, dtype=torch.bfloat16))
+    assert not compiled_loop.usable(torch.zeros(0, 1, 4))
+
+
+def test_stale_torch_baton_is_removed(tmp_path):
+    """A build killed mid-way leaves torch's 'lock' file: under our OS lock it is stale."""
+    folder = tmp_path / "build"
+    folder.mkdir()
+    (folder / "lock").write_text("")
+    with compiled_loop._build_lock(folder):
+        assert not (folder / "lock").exists()
+
+
+def test_the_layer_runs_the_fallback_when_forced(monkeypatch):
+    monkeypatch.setenv(compiled_loop.ENV_LOOP, "python")
+    layer = CustomLSTMLayer(4, 3, DropoutRates(), layernorm=True)
+    out, _ = layer(torch.randn(2, 5, 4))
+    assert type(out.grad_fn).__name__ == "SequenceLoopBackward"
+
+
+@needs_compiled
+def test_the_layer_runs_the_compiled_loop():
+    layer = CustomLSTMLayer(4, 3, DropoutRates(), layernorm=True)
+    out, _ = layer(torch.randn(2, 5, 4))
+    assert type(out.grad_fn).__name__ == "CompiledSequenceLoopBackward"
+    with torch.no_grad():  # the same path without autograd
+        out2, _ = layer(torch.randn(2, 5, 4))
+    assert out2.shape == (2, 5, 3)
+
+
+# -- gradcheck of the compiled Function ----------------------------------------------------------
+
+@needs_compiled
+@pytest.mark.parametrize("cell", CELLS, ids=cell_id)
+@pytest.mark.parametrize("masks", MASKS)
+def test_compiled_loop_gradcheck(cell, masks):
+    inputs = loop_inputs(cell, masks, torch.Generator().manual_seed(seed_of(cell_id(cell), masks)))
+    assert gradcheck(CompiledSequenceLoop.apply, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+# -- compiled == fallback on the same inputs -----------------------------------------------------
+
+@needs_compiled
+@pytest.mark.parametrize("cell", CELLS, ids=cell_id)
+@pytest.mark.parametrize("masks", MASKS)
+@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
+def test_compiled_equals_fallback(cell, masks, dtype):
+    """Every output and input gradient, at a size with several vector widths per row."""
+    gen = torch.Generator().manual_seed(seed_of(cell_id(cell), masks, dtype))
+    inputs = loop_inputs(cell, masks, gen, dtype, size=(7, 5, 19))
+    tol = 1e-5 if dtype == F32 else 1e-12
+    assert_close(values_and_grads(CompiledSequenceLoop, inputs),
+                 values_and_grads(SequenceLoop, inputs), tol)
+
+
+@needs_compiled
+def test_compiled_equals_fallback_at_benchmark_width():
+    """H = 64 with LayerNorm, highway and every mask, float32 (the benchmark's kernel paths)."""
+    gen = torch.Generator().manual_seed(5)
+    inputs = loop_inputs({"layernorm": True, "highway": True}, "all", gen, F32,
+                         size=(6, 8, 64))
+    assert_close(values_and_grads(CompiledSequenceLoop, inputs),
+                 values_and_grads(SequenceLoop, inputs), 1e-5)
+
+
+@needs_compiled
+@pytest.mark.parametrize("cell", [{}, {"layernorm": True, "highway": True}], ids=cell_id)
+def test_repeat_backward_and_inplace_change(cell):
+    """A retained graph gives the same gradients twice (layernorm recomputes its overwritten
+    buffer); changing the outputs in place is refused."""
+    inputs = loop_inputs(cell, "all", torch.Generator().manual_seed(0), F64, size=(4, 3, 5))
+    leaves = [x for x in inputs if isinstance(x, torch.Tensor) and x.requires_grad]
+    out, h, c = CompiledSequenceLoop.apply(*inputs)
+    loss = (out * out).sum() + h.sum() + c.sum()
+    first = torch.autograd.grad(loss, leaves, retain_graph=True)
+    second = torch.autograd.grad(loss, leaves)
+    assert_close(list(second), list(first), 1e-12)
+    out, h, c = CompiledSequenceLoop.apply(*inputs)
+    with pytest.raises(RuntimeError, match="inplace"):
+        out.mul_(2)
+
+
+# -- the layer: compiled vs LSTM_HARNESS_LOOP=python, same masks --------------------------------
+
+RATES = {
+    "none": DropoutRates(),
+    "recurrent": DropoutRates(recurrent=0.3),
+    "recurrent_variational": DropoutRates(recurrent=0.3, variational=True),
+    "zoneout_h": DropoutRates(zoneout=0.3),
+    "zoneout_hc": DropoutRates(zoneout=0.3, zoneout_c=0.2),
+    "all": DropoutRates(input=0.1, recurrent=0.2, output=0.1, zoneout=0.2, zoneout_c=0.3,
+                        weight_drop=0.2),
+}
+LAYER_CELLS = [{}, {"layernorm": True}, {"highway": True}, {"residual_step": True},
+               {"layernorm": True, "highway": True, "residual_step": True}]
+
+
+def layer_run(layer: CustomLSTMLayer, x, state, lengths, seed: int) -> list[torch.Tensor]:
+    """Values and gradients of every parameter, x and the initial state."""
+    x = x.clone().requires_grad_()
+    state = tuple(s.clone().requires_grad_() for s in state)
+    torch.manual_seed(seed)
+    out, (h, c) = layer(x, state, lengths)
+    gen = torch.Generator().manual_seed(1)
+    loss = sum((v * torch.randn(v.shape, generator=gen).to(v.dtype)).sum() for v in (out, h, c))
+    return [out, h, c, *torch.autograd.grad(loss, [x, *state, *layer.parameters()])]
+
+
+@needs_compiled
+@pytest.mark.parametrize("cell", LAYER_CELLS, ids=cell_id)
+@pytest.mark.parametrize("rates", list(RATES))
+def test_layer_compiled_equals_fallback(cell, rates, monkeypatch):
+    torch.manual_seed(seed_of(cell_id(cell), rates))
+    batch, steps, inp, hid = 4, 9, 6, 16
+    layer = CustomLSTMLayer(inp, hid, RATES[rates], **cell)
+    if cell.get("layernorm"):
+        with torch.no_grad():
+            for p in (layer.ln_gates_gain, layer.ln_cell_gain):
+                p.uniform_(0.5, 1.5)
+            for p in (layer.ln_gates_bias, layer.ln_cell_bias):
+                p.uniform_(-0.5, 0.5)
+    x = torch.randn(batch, steps, inp)
+    state = (torch.randn(batch, hid), torch.randn(batch, hid))
+    lengths = torch.tensor([9, 3, 7, 1])
+    for training, lens in itertools.product([True, False], [None, lengths]):
+        layer.train(training)
+        monkeypatch.setenv(compiled_loop.ENV_LOOP, "compiled")
+        fast = layer_run(layer, x, state, lens, seed=11)
+        monkeypatch.setenv(compiled_loop.ENV_LOOP, "python")
+        slow = layer_run(layer, x, state, lens, seed=11)
+        assert_close(fast, slow, 1e-5)
+
+
+# -- the layer with no technique through the compiled loop == nn.LSTM ---------------------------
+
+@needs_compiled
+@pytest.mark.parametrize("lengths", [None, [6, 2, 5]], ids=["full", "padded"])
+def test_compiled_plain_layer_equals_nn_lstm(lengths):
+    """No technique: the custom layer (forced onto its loop) computes nn.LSTM with copied
+    weights; outputs, final state and gradients of x, h0, c0 and every weight agree to 1e-5.
+    With padding, nn.LSTM runs each sequence to its length (packed) and the layer keeps the
+    state on padded steps (keep weight 1): the final states and valid outputs agree."""
+    torch.manual_seed(2)
+    batch, steps, inp, hid = 3, 6, 5, 24
+    layer = CustomLSTMLayer(inp, hid, DropoutRates())
+    ref = nn.LSTM(inp, hid, batch_first=True)
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(ref, f"{name}_l0").copy_(getattr(layer, name))
+    x = torch.randn(batch, steps, inp)
+    h0, c0 = torch.randn(batch, hid), torch.randn(batch, hid)
+    lens = None if lengths is None else torch.tensor(lengths)
+
+    def grads(module_out, leaves):
+        out, (h, c) = module_out
+        if lens is not None:  # padded outputs differ by definition (zeros vs the held state)
+            valid = (torch.arange(steps)[None, :] < lens[:, None]).unsqueeze(-1)
+            out = out * valid
+        gen = torch.Generator().manual_seed(3)
+        loss = sum((v * torch.randn(v.shape, generator=gen)).sum() for v in (out, h, c))
+        return [out, h, c, *torch.autograd.grad(loss, leaves)]
+
+    leaves = [t.clone().requires_grad_() for t in (x, h0, c0)]
+    out = layer(leaves[0], (leaves[1], leaves[2]), lens)
+    assert type(out[0].grad_fn).__name__ == "CompiledSequenceLoopBackward"
+    got = grads(out, [*leaves, layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh])
+
+    leaves = [t.clone().requires_grad_() for t in (x, h0, c0)]
+    hx = (leaves[1].unsqueeze(0), leaves[2].unsqueeze(0))
+    if lens is None:
+        out, (h, c) = ref(leaves[0], hx)
+    else:
+        packed = nn.utils.rnn.pack_padded_sequence(leaves[0], lens, batch_first=True,
+                                                   enforce_sorted=False)
+        out, (h, c) = ref(packed, hx)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=steps)
+    want = grads((out, (h[0], c[0])), [*leaves, ref.weight_ih_l0, ref.weight_hh_l0,
+                                       ref.bias_ih_l0, ref.bias_hh_l0])
+    assert_close(got, want, 1e-5)
+
+
+# -- without a compiler: the fallback still trains ---------------------------------------------
+
+def test_fallback_layer_trains_without_the_extension(monkeypatch):
+    """What runs where the extension cannot be built: the layer's loss decreases."""
+    monkeypatch.setenv(compiled_loop.ENV_LOOP, "python")
+    torch.manual_seed(0)
+    layer = CustomLSTMLayer(3, 8, DropoutRates(zoneout=0.1), layernorm=True, highway=True)
+    x, target = torch.randn(4, 6, 3), torch.randn(4, 6, 8)
+    opt = torch.optim.Adam(layer.parameters(), lr=0.05)
+    losses = []
+    for _ in range(40):
+        opt.zero_grad()
+        loss = (layer(x)[0] - target).pow(2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
