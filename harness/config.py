@@ -17,6 +17,7 @@ from lstm_harness.training.curriculum import CurriculumConfig
 from lstm_harness.training.losses import LossConfig
 from lstm_harness.training.lr_schedules import LRScheduleConfig
 from lstm_harness.training.schedules import DropoutScheduleConfig, SamplingConfig
+from lstm_harness.training.target import TargetConfig
 
 Rate = Field(0.0, ge=0, lt=1)
 
@@ -129,6 +130,9 @@ class TrainConfig(Strict):
         "reports every free-running metric on the examples whose source length lies in "
         "(e_{k-1}, e_k], as <metric>_len<e_{k-1}+1>-<e_k> (Bahdanau et al. 2015, Fig. 2; "
         "Luong et al. 2015, Fig. 6); encoder-decoder head"))
+    steps_to_target: TargetConfig | None = Field(None, description=(
+        "{metric, value}: report the first evaluation step at which the validation metric "
+        "reaches value (cost.steps_to_target) and whether it did (cost.target_reached)"))
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
     loss: LossConfig = Field(default_factory=LossConfig)

@@ -40,11 +40,15 @@ COST_PARAMS = "cost.params"
 COST_WALL = "cost.wall_time_s"
 COST_TOKENS_PER_S = "cost.tokens_per_s"
 COST_PEAK_MEM = "cost.peak_mem_mb"
+COST_STEPS_TO_TARGET = "cost.steps_to_target"  # train.steps_to_target: first eval step there
+COST_TARGET_REACHED = "cost.target_reached"  # 1 / 0
 COST_METRICS = {
     COST_PARAMS: "params",
     COST_WALL: "wall s/trial",
     COST_TOKENS_PER_S: "train tok/s",
     COST_PEAK_MEM: "peak MB",
+    COST_STEPS_TO_TARGET: "steps to target",
+    COST_TARGET_REACHED: "target reached",
 }
 
 # --- training diagnostics (harness/diagnostics/*; read by tables, diagnostic_plots, report) ---

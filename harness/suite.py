@@ -324,6 +324,7 @@ def load_suite(path: str | Path) -> Suite:
         metrics_ok = not lines
     if config_ok and tasks_ok:
         problems += _kind_errors(spec, task_classes)
+        problems += _target_errors(spec, task_classes)
     if config_ok:
         problems += _init_from_errors(spec)
     if not broken & {"axes", "table"}:
@@ -493,6 +494,22 @@ def _kind_errors(spec: SuiteFile, task_classes: dict[str, type[TaskBase]]) -> li
                   and getattr(cls, "default_reward", None) is None):
                 return [f"{where}: train.loss.reward: 'task', but task '{label}' declares no "
                         "default reward; name one: bleu, rouge1, rouge2, rougeL"]
+    return []
+
+
+def _target_errors(spec: SuiteFile, task_classes: dict[str, type[TaskBase]]) -> list[str]:
+    """``train.steps_to_target.metric`` must be a validation metric of every task (or
+    ``loss``)."""
+    for _, where, config in combo_configs(spec):
+        target = config["train"].get("steps_to_target")
+        if target is None:
+            continue
+        metric = target["metric"].removeprefix(VALID)
+        for label, cls in task_classes.items():
+            if metric != "loss" and metric not in cls.metric_names():
+                return [f"{where}: train.steps_to_target.metric: task '{label}' does not "
+                        f"report '{metric}'; it reports: loss, "
+                        f"{', '.join(cls.metric_names())}"]
     return []
 
 

@@ -30,6 +30,7 @@ from lstm_harness.training.evaluate import evaluate
 from lstm_harness.training.loop import TrainState, train
 from lstm_harness.training.optim import make_optimizer
 from lstm_harness.training.rng import restore_rng_state, rng_state
+from lstm_harness.training.target import target_reached
 from lstm_harness.training.techniques import Techniques
 
 CHECKPOINT_FILE = "trial.pt"
@@ -123,6 +124,10 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
             tracker.log_metrics(metrics, state.step)
 
     def on_eval(state: TrainState, metrics: dict[str, float]) -> None:
+        target = cfg.train.steps_to_target
+        if target is not None and state.target_step is None and target_reached(
+                metrics[target.metric], target.value, metric_direction(task, target.metric)):
+            state.target_step = state.step
         valid = {f"{rs.VALID_PREFIX}{k}": v for k, v in metrics.items()}
         if tracker is not None:
             tracker.log_metrics(valid, state.step)
@@ -150,6 +155,10 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
             rs.COST_TOKENS_PER_S: state.tokens / max(state.train_seconds, 1e-9),
             rs.COST_PEAK_MEM: peak_memory_mb(device),
         })
+        if cfg.train.steps_to_target is not None:
+            final[rs.COST_TARGET_REACHED] = float(state.target_step is not None)
+            if state.target_step is not None:
+                final[rs.COST_STEPS_TO_TARGET] = float(state.target_step)
         if tracker is not None:
             tracker.log_metrics({**final, **reference_metrics(task)}, state.step)
             if monitors.flags:
@@ -168,6 +177,11 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
     if report is not None:
         report({"step": state.step, "done": 1.0, **final}, None)
     return final
+
+
+def metric_direction(task, metric: str) -> str:
+    """"min" for the validation loss, else the task's direction of ``metric``."""
+    return "min" if metric == "loss" else task.direction(metric)
 
 
 def log_diagnostic_figures(tracker: TrialTracker, tracking_uri: str, key: str) -> None:

@@ -73,6 +73,7 @@ CASES: dict[str, list[dict]] = {  # README path -> overrides that switch it on
     "train.log_every": [{"train.log_every": 1}],
     "train.mc_samples": [{"train.mc_samples": 2, "model.dropout.output": 0.2}],
     "train.length_buckets": [{"train.length_buckets": [0, 2, 4]}],
+    "train.steps_to_target": [{"train.steps_to_target": {"metric": "loss", "value": 100.0}}],
     "train.optimizer": [{"train.optimizer": "sgd", "train.momentum": 0.9}],
     "train.lr": [{"train.lr": 0.01}],
     "train.weight_decay": [{"train.weight_decay": 0.01}],

@@ -35,6 +35,7 @@ class TrainState:
     step: int = 0
     tokens: int = 0  # non-padding source + target tokens trained on
     train_seconds: float = 0.0  # time in training steps only (evaluation excluded)
+    target_step: int | None = None  # first eval step at train.steps_to_target (None: not yet)
 
     def as_dict(self) -> dict:
         return asdict(self)
