@@ -40,14 +40,15 @@ COST_PARAMS = "cost.params"
 COST_WALL = "cost.wall_time_s"
 COST_TOKENS_PER_S = "cost.tokens_per_s"
 COST_PEAK_MEM = "cost.peak_mem_mb"
-COST_STEPS_TO_TARGET = "cost.steps_to_target"  # train.steps_to_target: first eval step there
-COST_TARGET_REACHED = "cost.target_reached"  # 1 / 0
+COST_TARGET_REACHED = "cost.target_reached"  # train.steps_to_target: 1 / 0
+# train.steps_to_target: the first eval step at the target, a metric column (logged as
+# test.steps_to_target where reached; lower is better)
+STEPS_TO_TARGET = "steps_to_target"
 COST_METRICS = {
     COST_PARAMS: "params",
     COST_WALL: "wall s/trial",
     COST_TOKENS_PER_S: "train tok/s",
     COST_PEAK_MEM: "peak MB",
-    COST_STEPS_TO_TARGET: "steps to target",
     COST_TARGET_REACHED: "target reached",
 }
 

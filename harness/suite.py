@@ -132,13 +132,15 @@ class Suite:
         return chosen
 
     def directions(self) -> dict[str, str]:
-        """Better direction ("max" | "min") of every metric the tasks report, and of the
-        suite's per-length metrics (``<metric>_len<lo>-<hi>``)."""
+        """Better direction ("max" | "min") of every metric the tasks report, of the suite's
+        per-length metrics (``<metric>_len<lo>-<hi>``) and of ``steps_to_target``."""
         out: dict[str, str] = {}
         for cls in self.task_classes.values():
             for metric in [*cls.metric_names(), *(self.spec.metrics or [])]:
                 if unbucketed(metric) in cls.metrics or metric in cls.metric_names():
                     out.setdefault(metric, cls.direction(metric))
+        if rs.STEPS_TO_TARGET in (self.spec.metrics or []):
+            out[rs.STEPS_TO_TARGET] = "min"
         return out
 
     def search_metric(self) -> str:
@@ -440,9 +442,12 @@ def _resolve_tasks(spec: SuiteFile) -> tuple[dict[str, type[TaskBase]], list[str
 
 def _metric_errors(spec: SuiteFile, task_classes: dict[str, type[TaskBase]]) -> list[str]:
     """Metrics no task reports. A per-length name ``<metric>_len<lo>-<hi>`` counts where
-    ``<metric>`` is a task's free-running metric (``train.length_buckets`` makes it)."""
+    ``<metric>`` is a task's free-running metric (``train.length_buckets`` makes it), and
+    ``steps_to_target`` where a trial sets ``train.steps_to_target``."""
     reported = {m for cls in task_classes.values() for m in cls.metric_names()}
     plain = {m for cls in task_classes.values() for m in cls.metrics}
+    if any(c["train"].get("steps_to_target") for _, _, c in combo_configs(spec)):
+        reported.add(rs.STEPS_TO_TARGET)
     return [f"metrics[{i}]: unknown metric '{m}'; the suite's tasks report: "
             f"{', '.join(sorted(reported))} (and <metric>_len<lo>-<hi> per source length with "
             "train.length_buckets)"

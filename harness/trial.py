@@ -158,7 +158,7 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
         if cfg.train.steps_to_target is not None:
             final[rs.COST_TARGET_REACHED] = float(state.target_step is not None)
             if state.target_step is not None:
-                final[rs.COST_STEPS_TO_TARGET] = float(state.target_step)
+                final[rs.TEST_PREFIX + rs.STEPS_TO_TARGET] = float(state.target_step)
         if tracker is not None:
             tracker.log_metrics({**final, **reference_metrics(task)}, state.step)
             if monitors.flags:

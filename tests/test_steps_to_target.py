@@ -43,15 +43,15 @@ def run(tmp_path: Path, target: dict) -> dict[str, float]:
 
 def test_first_evaluation_step_that_reaches_the_target(tmp_path: Path) -> None:
     final = run(tmp_path, {"metric": "token_accuracy", "value": 0.0})
-    assert final[rs.COST_STEPS_TO_TARGET] == 2.0 and final[rs.COST_TARGET_REACHED] == 1.0
+    assert final["test.steps_to_target"] == 2.0 and final[rs.COST_TARGET_REACHED] == 1.0
     final = run(tmp_path, {"metric": "valid.loss", "value": 1.0e9})
-    assert final[rs.COST_STEPS_TO_TARGET] == 2.0
+    assert final["test.steps_to_target"] == 2.0
 
 
 def test_a_target_never_reached(tmp_path: Path) -> None:
     final = run(tmp_path, {"metric": "exact_match", "value": 2.0})
     assert final[rs.COST_TARGET_REACHED] == 0.0
-    assert rs.COST_STEPS_TO_TARGET not in final
+    assert "test.steps_to_target" not in final
 
 
 def test_without_a_target_nothing_is_reported(tmp_path: Path) -> None:
@@ -60,10 +60,21 @@ def test_without_a_target_nothing_is_reported(tmp_path: Path) -> None:
                                              "'value': 1.0}", ""))
     (trial,) = load_suite(file).trials()
     final = execute_trial(trial, RUNTIME)
-    assert rs.COST_TARGET_REACHED not in final and rs.COST_STEPS_TO_TARGET not in final
+    assert rs.COST_TARGET_REACHED not in final and "test.steps_to_target" not in final
 
 
 def test_an_unknown_target_metric_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SuiteError, match="train.steps_to_target.metric: task 'copy' does "
                                          "not report 'bleu'; it reports: loss, exact_match"):
         load_suite(suite(tmp_path, {"metric": "bleu", "value": 1.0}))
+
+
+def test_steps_to_target_is_a_metric_column_of_suites_that_set_a_target(tmp_path: Path) -> None:
+    file = suite(tmp_path, {"metric": "loss", "value": 1.0})
+    file.write_text(file.read_text().replace("metrics: [exact_match]",
+                                             "metrics: [exact_match, steps_to_target]"))
+    assert load_suite(file).directions()["steps_to_target"] == "min"
+    text = file.read_text().replace(", steps_to_target: {'metric': 'loss', 'value': 1.0}", "")
+    file.write_text(text)
+    with pytest.raises(SuiteError, match="unknown metric 'steps_to_target'"):
+        load_suite(file)
