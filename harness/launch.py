@@ -98,6 +98,7 @@ def run_stage(todo: list[dict], trainable, storage: Path, name: str, opts: RunOp
 
     from lstm_harness.progress import ViewRelay
 
+    # Tune adds callbacks of its own to the list it is given: it gets a copy
     relays = [ViewRelay(f"{name}#{i}", view) for i, view in enumerate(callbacks)]
     experiment_path = storage / name
     try:
@@ -113,7 +114,7 @@ def run_stage(todo: list[dict], trainable, storage: Path, name: str, opts: RunOp
                     num_samples=1, max_concurrent_trials=opts.max_concurrent,
                     reuse_actors=True, trial_dirname_creator=dirname_for),
                 run_config=tune.RunConfig(
-                    name=name, storage_path=str(storage), verbose=0, callbacks=relays,
+                    name=name, storage_path=str(storage), verbose=0, callbacks=list(relays),
                     failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
         grid = tuner.fit()

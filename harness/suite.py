@@ -317,7 +317,7 @@ def load_suite(path: str | Path) -> Suite:
         task_classes, lines = _resolve_tasks(spec)
         problems += lines
         tasks_ok = not lines
-    metrics_ok = tasks_ok and "metrics" not in broken
+    metrics_ok = tasks_ok and config_ok and "metrics" not in broken  # (steps_to_target)
     if metrics_ok:
         if spec.metrics is None:
             spec.metrics = default_metrics(task_classes)
