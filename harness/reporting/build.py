@@ -16,6 +16,8 @@ from lstm_harness.reporting.table import Cell, Column, FailedTrial, Table, Table
 
 __all__ = ["REFERENCE_ROW", "build_table"]
 
+REFERENCE_ROW = "reference: "  # + baseline name: label of a reference row
+
 
 def _mask(runs: pd.DataFrame, axis: str, variant: str) -> pd.Series:
     col = VARIANT_COL + axis
@@ -178,9 +180,6 @@ def _row_hyperparameters(runs: pd.DataFrame, mask: pd.Series, layout: TableLayou
         if sets:
             out[task] = sets
     return out
-
-
-REFERENCE_ROW = "reference: "
 
 
 def _references(runs: pd.DataFrame, columns: list[Column]) -> dict[str, dict[Column, float]]:
