@@ -189,7 +189,7 @@ def log_diagnostic_figures(tracker: TrialTracker, tracking_uri: str, key: str) -
     ``diagnostics/``."""
     import pandas as pd
 
-    from lstm_harness.diagnostic_plots import diagnostic_figures
+    from lstm_harness.reporting.diagnostic_plots import diagnostic_figures
 
     metrics = tracker.client.get_run(tracker.run_id).data.metrics
     runs = pd.DataFrame([{"run_id": tracker.run_id,
@@ -242,7 +242,7 @@ def load_trial_model(runtime: Runtime, reference: str, suite: str, task,
 def log_attention_figure(model: Seq2Seq, task, device: torch.device,
                          tracker: TrialTracker) -> None:
     """The attention heatmap of the first validation example, as a PNG artifact."""
-    from lstm_harness.plots import attention_heatmap
+    from lstm_harness.reporting.plots import attention_heatmap
 
     batch = next(iter(task.eval_batches("valid", 1))).to(device)
     model.eval()

@@ -40,6 +40,10 @@ def table_notes(table: Table, style: Style) -> list[str]:
             "train tok/s: non-padding source + target tokens per second of training steps; "
             "peak MB: peak resident memory of the trial's process (CPU, Python and libraries "
             "included) or peak CUDA memory allocated (GPU)."
+            + (" target reached: the share of trials whose validation metric reached the "
+               "value of train.steps_to_target (steps_to_target: the first evaluation step "
+               "at which it did, over those trials)."
+               if rs.COST_TARGET_REACHED in table.cost_keys else "")
         )
     if table.diag_keys:
         parts = []
