@@ -1,4 +1,4 @@
-"""Attention for encoder-decoder LSTMs (SPEC "Attention Mechanisms for Sequence Alignment").
+"""Attention for encoder-decoder LSTMs (Bahdanau et al. 2015; Luong et al. 2015).
 
 One module, one score switch, shared masking (in the spirit of OpenNMT-py's GlobalAttention):
 
@@ -35,10 +35,10 @@ _SCORES = ("dot", "general", "concat")
 class Attention(nn.Module):
     """Bahdanau / Luong global / Luong local-p attention with optional coverage.
 
-    Parameters (SPEC symbols): ``query_proj`` = W_1 (the query half of W for Luong concat),
+    Parameters (the README's symbols): ``query_proj`` = W_1 (the query half of W for Luong concat),
     ``key_proj`` = W_2 (additive/concat, key_size -> attn_size) or W (general,
     key_size -> query_size), ``v`` = v, ``cov_proj`` = W_c (1 -> attn_size), ``pos_proj`` = W_p
-    and ``pos_v`` = v_p (local only). Scores carry no bias, as in the SPEC's formulas; ``pos_v``
+    and ``pos_v`` = v_p (local only). Scores carry no bias, as in the README's formulas; ``pos_v``
     has one so that the predicted centre p_t can be initialised/learned anywhere.
 
     - ``kind="bahdanau"``: additive score; ``score`` must be None or "concat" (the same form).
@@ -253,7 +253,7 @@ class LuongOutput(nn.Module):
 def self_attention_context(
     h_prev: Tensor, history: Tensor, history_mask: Tensor | None = None
 ) -> Tensor:
-    """LSTM self-attention over its own previous states (SPEC "Self-Attention in LSTM").
+    """LSTM self-attention over its own previous states (Cheng et al. 2016, LSTM-Networks).
 
     Cheng et al. 2016 (LSTMN): beta_{t,k} = softmax_k(h_{t-1} . h_k) over the history k < t,
     h~_t = sum_k beta_{t,k} h_k; the caller then runs h_t = LSTM([h_{t-1}, h~_t], x_t).

@@ -1,7 +1,7 @@
 """Encoder-decoder LSTMs: tokens to tokens (:class:`Seq2Seq`) and values to values
 (:class:`Forecaster`), sharing one encoder/decoder core with every option of the zoo.
 
-Encoder (SPEC "Encoder-Decoder Framework"): h_t^enc = LSTM_enc(h_{t-1}^enc, x_t), one stack
+Encoder (Sutskever et al. 2014; Cho et al. 2014): h_t^enc = LSTM_enc(h_{t-1}^enc, x_t), one stack
 per input stream. Context (``model.context``): ``last`` c = h_{T_x}^enc of the top layer;
 ``hierarchical`` c = combine(h_{T_x}^(1), ..., h_{T_x}^(L)) over the layers with ``combine``
 in concat | sum | mean | project (a learned linear map of the concatenation). Several input

@@ -5,7 +5,8 @@ Skip schemes (``model.skip``):
 - ``residual`` (Kim et al. 2017): h_t^(l) = P h_t^(l-1) + LSTM^(l)(h_{t-1}^(l), h_t^(l-1)) in
   every layer (h^(0) = x), P the identity, or a learned linear projection where the sizes
   differ (the first layer when the input width is not the layer width).
-- ``residual_step`` (SPEC's per-step form): h_t = h_{t-1} + LSTM(h_{t-1}, x_t) in every layer.
+- ``residual_step`` (a per-step residual connection; no single paper):
+  h_t = h_{t-1} + LSTM(h_{t-1}, x_t) in every layer.
 - ``highway`` (Zhang et al. 2016): h_t = T * h~_t + (1 - T) * h_{t-1} in every layer.
 - ``dense`` (DenseNet-style): layer l reads [h_t^(0); h_t^(1); ...; h_t^(l-1)] (h^(0) = x).
 
