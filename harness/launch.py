@@ -15,6 +15,7 @@ from lstm_harness import run_schema as rs
 from lstm_harness.suite import Suite
 from lstm_harness.tracking import finished_trial_runs
 from lstm_harness.trial import Runtime, tune_trainable
+from lstm_harness.trial_spec import TrialSpec
 
 __all__ = ["RunOptions", "RunOutcome", "dirname_for", "finished_trial_keys", "init_ray",
            "make_trainable", "run_stage", "table_progress"]
@@ -88,12 +89,13 @@ def table_progress(suite: Suite, total: int, skipped: int):
     return progress
 
 
-def run_stage(todo: list[dict], trainable, storage: Path, name: str, opts: RunOptions,
+def run_stage(todo: list[TrialSpec], trainable, storage: Path, name: str, opts: RunOptions,
               callbacks: list, progress) -> dict[str, str]:
     """One Tune experiment over ``todo`` (restored if an earlier launch was interrupted);
-    returns trial key -> failure reason. ``callbacks`` (live views) reach Tune through
-    :class:`~lstm_harness.progress.ViewRelay`, so a restored experiment, whose callbacks Tune
-    restores with it, draws into this launch's views."""
+    returns trial key -> failure reason. Tune holds each trial as its dict
+    (``config["trial"]``, :meth:`TrialSpec.as_dict`). ``callbacks`` (live views) reach Tune
+    through :class:`~lstm_harness.progress.ViewRelay`, so a restored experiment, whose
+    callbacks Tune restores with it, draws into this launch's views."""
     from ray import tune
 
     from lstm_harness.progress import ViewRelay
@@ -109,7 +111,7 @@ def run_stage(todo: list[dict], trainable, storage: Path, name: str, opts: RunOp
         else:
             tuner = tune.Tuner(
                 trainable,
-                param_space={"trial": tune.grid_search(todo)},
+                param_space={"trial": tune.grid_search([t.as_dict() for t in todo])},
                 tune_config=tune.TuneConfig(
                     num_samples=1, max_concurrent_trials=opts.max_concurrent,
                     reuse_actors=True, trial_dirname_creator=dirname_for),

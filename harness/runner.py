@@ -39,7 +39,7 @@ def run_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
     storage = (opts.runs_dir / "ray").resolve()
     name = f"{suite.name}-{suite.fingerprint()}"
     done_before = finished_trial_keys(opts.tracking_uri, experiment_id, suite.name)
-    pending = [t for t in trials if t["key"] not in done_before]
+    pending = [t for t in trials if t.key not in done_before]
     if not pending:
         return RunOutcome(total=len(trials), skipped=len(trials), finished=len(trials),
                           failed={})
@@ -54,7 +54,7 @@ def run_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
     failed: dict[str, str] = {}
     try:
         for index, stage in enumerate(stages):
-            todo = [t for t in stage if t["key"] not in done_before]
+            todo = [t for t in stage if t.key not in done_before]
             if not todo:
                 continue
             stage_name = name if len(stages) == 1 else f"{name}-stage{index}"
@@ -65,6 +65,6 @@ def run_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
         progress.stop()
         end_run(opts.tracking_uri, parent, status)
     now_done = finished_trial_keys(opts.tracking_uri, experiment_id, suite.name)
-    keys = {t["key"] for t in trials}
+    keys = {t.key for t in trials}
     return RunOutcome(total=len(trials), skipped=skipped, finished=len(keys & now_done),
                       failed={k: v for k, v in failed.items() if k not in now_done})

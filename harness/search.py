@@ -41,7 +41,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ from lstm_harness.tracking import (
     start_launch_run,
 )
 from lstm_harness.trial import Runtime, tune_trainable
+from lstm_harness.trial_spec import SearchChoice, TrialSpec, TrialTask
 
 _STRICT_CHECK = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
 STOPPED_BY_ASHA = "stopped early by ASHA (not a failure)"
@@ -85,13 +86,13 @@ class Target:
 
     label: str  # "<variants>|<task>"
     variants: dict[str, str]
-    task: dict[str, Any]
+    task: TrialTask
     config: dict[str, Any]
 
 
-def target_label(trial: dict[str, Any]) -> str:
+def target_label(trial: TrialSpec) -> str:
     """``<variants>|<task>``: a trial key without its seed."""
-    return trial["key"].rsplit("|", 1)[0]
+    return trial.target
 
 
 def targets(suite: Suite) -> list[Target]:
@@ -100,20 +101,21 @@ def targets(suite: Suite) -> list[Target]:
     for trial in suite.trials():
         label = target_label(trial)
         if label not in out:
-            out[label] = Target(label, trial["variants"], trial["task"], trial["config"])
+            out[label] = Target(label, trial.variants, trial.task, trial.config)
     return list(out.values())
 
 
 def study_name(suite: Suite, target: Target) -> str:
     search = suite.spec.search
-    identity = {"config": target.config, "task": target.task, "metric": suite.search_metric(),
+    identity = {"config": target.config, "task": target.task.as_dict(),
+                "metric": suite.search_metric(),
                 "space": search.space, "seed": search.seed}
     return f"{target.label}#{fingerprint(identity)}"
 
 
 def direction(suite: Suite, target: Target) -> str:
     """``max`` or ``min``: the task's direction of the search metric."""
-    return suite.task_classes[target.task["label"]].direction(suite.search_metric())
+    return suite.task_classes[target.task.label].direction(suite.search_metric())
 
 
 @dataclass
@@ -177,20 +179,21 @@ def open_study(url: str, name: str, mode: str, attrs: dict[str, Any]) -> None:
         study.set_user_attr(key, value)
 
 
-def with_hyperparameters(trial: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+def with_hyperparameters(trial: TrialSpec, values: dict[str, Any]) -> TrialSpec:
     """A copy of ``trial`` whose config has the dotted ``values`` applied."""
-    return {**trial, "config": resolve_config(trial["config"], [values])}
+    return replace(trial, config=resolve_config(trial.config, [values]))
 
 
 def search_trainable(config: dict[str, Any], runtime: Runtime) -> None:
     """One search trial: the searcher's values (top-level dotted keys of ``config``) applied
-    to ``config["trial"]``, then the ordinary trial (:func:`harness.trial.tune_trainable`)."""
+    to ``config["trial"]`` (a trial's dict), then the ordinary trial
+    (:func:`harness.trial.tune_trainable`)."""
     from ray import tune
 
     values = {k: v for k, v in config.items() if k != "trial"}
-    trial = with_hyperparameters(config["trial"], values)
-    trial["key"] = f"{trial['key']}|search-{tune.get_context().get_trial_id()}"
-    tune_trainable({"trial": trial}, runtime)
+    trial = with_hyperparameters(TrialSpec.from_dict(config["trial"]), values)
+    trial = replace(trial, key=f"{trial.key}|search-{tune.get_context().get_trial_id()}")
+    tune_trainable({"trial": trial.as_dict()}, runtime)
 
 
 def _searcher_class():
@@ -275,7 +278,7 @@ def run_search(suite: Suite, target: Target, remaining: int, run: SearchRun) -> 
     name = study_name(suite, target)
     space = {path: dist.to_optuna() for path, dist in search.distributions().items()}
     open_study(run.url, name, mode, {"suite": suite.name, "variants": target.variants,
-                                     "task": target.task["label"], "metric": metric})
+                                     "task": target.task.label, "metric": metric})
     # the sampler's seed moves on with the study: a fresh sampler seeded as before would
     # propose the same first points again when a launch extends the study
     seed = search.seed + study_state(run.url, name).size
@@ -288,16 +291,16 @@ def run_search(suite: Suite, target: Target, remaining: int, run: SearchRun) -> 
             max_t=evaluation_count(target.config) + 1,  # +1: the final (test) report
             grace_period=search.asha.grace_period,
             reduction_factor=search.asha.reduction_factor)
-    base = {"key": f"{target.label}|s{search.seed}", "suite": suite.name,
-            "variants": target.variants, "task": target.task, "seed": search.seed,
-            "config": target.config, "init_from": None}
+    base = TrialSpec(key=f"{target.label}|s{search.seed}", suite=suite.name,
+                     variants=target.variants, task=target.task, seed=search.seed,
+                     config=target.config)
     resources = {"cpu": suite.spec.resources.cpu, "gpu": suite.spec.resources.gpu}
     trainable = tune.with_resources(
         tune.with_parameters(search_trainable, runtime=run.runtime), resources)
     folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:80]
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial": base},
+        param_space={"trial": base.as_dict()},
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=run.max_concurrent),
             scheduler=scheduler, num_samples=remaining, reuse_actors=True,
@@ -311,7 +314,7 @@ def run_search(suite: Suite, target: Target, remaining: int, run: SearchRun) -> 
         grid = tuner.fit()
     close_running(run.url, name)
     if scheduler is not None:
-        mark_stopped_runs(run.runtime, f"{base['key']}|search-")
+        mark_stopped_runs(run.runtime, f"{base.key}|search-")
     from lstm_harness.progress import error_reason
 
     return [error_reason(str(r.error)) for r in grid if r.error is not None]
@@ -333,8 +336,8 @@ def mark_stopped_runs(runtime: Runtime, key_prefix: str) -> None:
             client.set_terminated(found.info.run_id, "KILLED")
 
 
-def tuned_trials(trials: list[dict[str, Any]], best: dict[str, dict[str, Any]],
-                 studies: dict[str, str]) -> list[dict[str, Any]]:
+def tuned_trials(trials: list[TrialSpec], best: dict[str, dict[str, Any]],
+                 studies: dict[str, str]) -> list[TrialSpec]:
     """The suite's trials whose target has a best configuration, with it applied; each
     records the study and values under ``search``."""
     out = []
@@ -342,19 +345,18 @@ def tuned_trials(trials: list[dict[str, Any]], best: dict[str, dict[str, Any]],
         label = target_label(trial)
         if label in best:
             tuned = with_hyperparameters(trial, best[label])
-            tuned["search"] = {"study": studies[label], "values": best[label]}
-            out.append(tuned)
+            out.append(replace(tuned, search=SearchChoice(studies[label], best[label])))
     return out
 
 
-def expected_params(trial: dict[str, Any], paths: list[str]) -> dict[str, str]:
+def expected_params(trial: TrialSpec, paths: list[str]) -> dict[str, str]:
     """The MLflow params (as the tracker logs them) of the searched settings of ``trial``."""
-    return {k: str(v) for k, v in flatten(trial["config"]).items()
+    return {k: str(v) for k, v in flatten(trial.config).items()
             if any(k == p or k.startswith(f"{p}.") for p in paths)}
 
 
 def finished_tuned_keys(tracking_uri: str, experiment_id: str, suite: str,
-                        trials: list[dict[str, Any]], paths: list[str]) -> set[str]:
+                        trials: list[TrialSpec], paths: list[str]) -> set[str]:
     """Keys of ``trials`` whose latest FINISHED run logged the trial's searched values."""
     latest: dict[str, Any] = {}
     for run in finished_trial_runs(tracking_uri, experiment_id, suite):
@@ -363,12 +365,12 @@ def finished_tuned_keys(tracking_uri: str, experiment_id: str, suite: str,
             latest[key] = run
     done = set()
     for trial in trials:
-        run = latest.get(trial["key"])
+        run = latest.get(trial.key)
         if run is None:
             continue
         expected = expected_params(trial, paths)
         if all(run.data.params.get(k) == v for k, v in expected.items()):
-            done.add(trial["key"])
+            done.add(trial.key)
     return done
 
 
@@ -399,7 +401,7 @@ def run_optuna_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
     trials = suite.trials()
     paths = list(spec.space)
 
-    def tuned() -> tuple[list[dict], set[str]]:
+    def tuned() -> tuple[list[TrialSpec], set[str]]:
         best = {label: s.best for label, s in states.items() if s.best is not None}
         rows = tuned_trials(trials, best, studies)
         done = finished_tuned_keys(opts.tracking_uri, experiment_id, suite.name, rows,
@@ -449,19 +451,20 @@ def run_optuna_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
                 reasons = search_failures.get(label) or ["no trial completed"]
                 for trial in trials:
                     if target_label(trial) == label:
-                        failed[trial["key"]] = f"search found no configuration: {reasons[-1]}"
+                        failed[trial.key] = f"search found no configuration: {reasons[-1]}"
             elif label in search_failures:
                 console.print(f"search {label}: best valid.{suite.search_metric()} "
                               f"{state.value:.4g} with {describe(state.best, paths)}")
         rows, done_before = tuned()
-        pending = [t for t in rows if t["key"] not in done_before]
+        pending = [t for t in rows if t.key not in done_before]
         skipped = len(rows) - len(pending)
         if pending:
             trainable = make_trainable(suite, opts, experiment_id, parent)
             progress = table_progress(suite, len(rows), skipped)
             try:
                 failed.update(run_stage(
-                    pending, trainable, storage, f"{suite.name}-{fingerprint(rows)}", opts,
+                    pending, trainable, storage,
+                    f"{suite.name}-{fingerprint([t.as_dict() for t in rows])}", opts,
                     [progress] if opts.show_progress else [], progress))
             finally:
                 progress.stop()
@@ -469,6 +472,6 @@ def run_optuna_suite(suite: Suite, opts: RunOptions) -> RunOutcome:
     finally:
         end_run(opts.tracking_uri, parent, status)
     now_done = finished_tuned_keys(opts.tracking_uri, experiment_id, suite.name, rows, paths)
-    return RunOutcome(total=len(trials), skipped=len(done_before & {t["key"] for t in rows}),
+    return RunOutcome(total=len(trials), skipped=len(done_before & {t.key for t in rows}),
                       finished=len(now_done),
                       failed={k: v for k, v in failed.items() if k not in now_done})

@@ -26,6 +26,7 @@ from lstm_harness.registry import TaskLookupError, load_task_class
 from lstm_harness.search_space import Distribution, parse_distribution
 from lstm_harness.tasks.base import TaskBase, unbucketed
 from lstm_harness.training.losses import SEQUENCE_LOSSES
+from lstm_harness.trial_spec import TrialSpec, TrialTask
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 VALID = rs.VALID_PREFIX
@@ -148,8 +149,9 @@ class Suite:
         ``valid.`` prefix): ``search.metric``, else the suite's first metric."""
         return (self.spec.search.metric or self.spec.metrics[0]).removeprefix(VALID)
 
-    def trials(self) -> list[dict[str, Any]]:
-        """Every trial as a JSON-serialisable dict: key, variants, task, seed, config."""
+    def trials(self) -> list[TrialSpec]:
+        """Every trial: each combination of one variant per axis, on every task, for every
+        seed, with its resolved config."""
         axes = self.spec.axes
         combos = list(itertools.product(*(list(v.items()) for v in axes.values())))
         out = []
@@ -160,31 +162,31 @@ class Suite:
                 for seed in self.spec.seeds:
                     label = task_label(task)
                     source = config["train"]["init_from"]
-                    out.append({
-                        "key": trial_key(variants, label, seed),
-                        "suite": self.name,
-                        "variants": variants,
-                        "task": {"name": task.name, "label": label, "params": task.params},
-                        "seed": seed,
-                        "config": config,
-                        "init_from": (trial_key({**variants, **source}, label, seed)
-                                      if source else None),
-                    })
+                    out.append(TrialSpec(
+                        key=trial_key(variants, label, seed),
+                        suite=self.name,
+                        variants=variants,
+                        task=TrialTask(task.name, label, task.params),
+                        seed=seed,
+                        config=config,
+                        init_from=(trial_key({**variants, **source}, label, seed)
+                                   if source else None),
+                    ))
         return out
 
-    def stages(self) -> list[list[dict[str, Any]]]:
+    def stages(self) -> list[list[TrialSpec]]:
         """The trials in dependency order: stage 0 starts from scratch, stage s + 1 starts
         from the final models of stage s (``train.init_from``)."""
-        trials = {t["key"]: t for t in self.trials()}
+        trials = {t.key: t for t in self.trials()}
         depth: dict[str, int] = {}
 
         def level(key: str) -> int:
             if key not in depth:
-                source = trials[key]["init_from"]
+                source = trials[key].init_from
                 depth[key] = 0 if source is None else level(source) + 1
             return depth[key]
 
-        out: list[list[dict[str, Any]]] = []
+        out: list[list[TrialSpec]] = []
         for key, trial in trials.items():
             stage = level(key)
             out += [[] for _ in range(stage + 1 - len(out))]
@@ -193,7 +195,7 @@ class Suite:
 
     def fingerprint(self) -> str:
         """A short hash of everything that defines the trials (changes when the grid does)."""
-        return fingerprint(self.trials())
+        return fingerprint([t.as_dict() for t in self.trials()])
 
 
 def fingerprint(value: Any) -> str:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from lstm_harness import run_schema as rs
 from lstm_harness.config import flatten
+from lstm_harness.trial_spec import TrialSpec
 
 
 class TrackingError(RuntimeError):
@@ -138,7 +140,7 @@ class TrialTracker:
         self.parent_run_id = parent_run_id
         self.run_id: str | None = None
 
-    def start(self, trial: dict[str, Any], resume_run_id: str | None = None) -> str:
+    def start(self, trial: TrialSpec, resume_run_id: str | None = None) -> str:
         """Open the trial's run, or reopen ``resume_run_id`` after a retry."""
         if resume_run_id is not None:
             self.run_id = resume_run_id
@@ -146,23 +148,23 @@ class TrialTracker:
             return resume_run_id
         tags = {
             rs.TAG_ROLE: rs.ROLE_TRIAL,
-            rs.TAG_SUITE: trial["suite"],
-            rs.TAG_TRIAL_KEY: trial["key"],
-            rs.TAG_TASK: trial["task"]["label"],
-            rs.TAG_SEED: str(trial["seed"]),
-            **{f"{rs.TAG_VARIANT_PREFIX}{axis}": name
-               for axis, name in trial["variants"].items()},
+            rs.TAG_SUITE: trial.suite,
+            rs.TAG_TRIAL_KEY: trial.key,
+            rs.TAG_TASK: trial.task.label,
+            rs.TAG_SEED: str(trial.seed),
+            **{f"{rs.TAG_VARIANT_PREFIX}{axis}": name for axis, name in trial.variants.items()},
         }
         if self.parent_run_id:
             tags[rs.TAG_PARENT] = self.parent_run_id
-        run = self.client.create_run(self.experiment_id, run_name=trial["key"], tags=tags)
+        run = self.client.create_run(self.experiment_id, run_name=trial.key, tags=tags)
         self.run_id = run.info.run_id
-        params = flatten(trial["config"])
-        params.update(flatten({"task": trial["task"]["params"]}))
-        params.update({"task.name": trial["task"]["name"], "seed": trial["seed"]})
-        params.update({f"variant.{a}": v for a, v in trial["variants"].items()})
+        params = flatten(trial.config)
+        params.update(flatten({"task": trial.task.params}))
+        params.update({"task.name": trial.task.name, "seed": trial.seed})
+        params.update({f"variant.{a}": v for a, v in trial.variants.items()})
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        self.client.log_text(self.run_id, json.dumps(trial, indent=2), "trial_config.json")
+        self.client.log_text(self.run_id, json.dumps(trial.as_dict(), indent=2),
+                             "trial_config.json")
         return self.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -173,10 +175,20 @@ class TrialTracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
+    def metrics(self) -> dict[str, float]:
+        """The latest value of every metric the run logged."""
+        return dict(self.client.get_run(self.run_id).data.metrics)
+
+    def log_files(self, write: Callable[[Path], Iterable[Path]],
+                  artifact_path: str | None = None) -> None:
+        """Log as artifacts (under ``artifact_path``) the files ``write`` makes in a temporary
+        folder it is given."""
+        with tempfile.TemporaryDirectory() as folder:
+            for path in write(Path(folder)):
+                self.client.log_artifact(self.run_id, str(path), artifact_path)
+
     def log_weights(self, state_dict: dict) -> None:
         """The final model weights as ``model.pt`` (read by ``from_trial`` options)."""
-        import tempfile
-
         import torch
 
         with tempfile.TemporaryDirectory() as folder:
@@ -192,6 +204,41 @@ class TrialTracker:
             return
         self.set_tags({rs.TAG_FAILURE: reason[:4000]})
         self.client.set_terminated(self.run_id, "FAILED")
+
+
+class NullTracker:
+    """Tracking off: :class:`TrialTracker`'s methods, doing nothing (``log_files`` never
+    calls its writer; there is no run, ``run_id`` is None)."""
+
+    run_id: str | None = None
+
+    def start(self, trial: TrialSpec, resume_run_id: str | None = None) -> None:
+        return None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    def log_files(self, write: Callable[[Path], Iterable[Path]],
+                  artifact_path: str | None = None) -> None:
+        pass
+
+    def log_weights(self, state_dict: dict) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    def fail(self, reason: str) -> None:
+        pass
+
+
+Tracker = TrialTracker | NullTracker
 
 
 def load_trial_artifacts(tracking_uri: str | None, reference: str, default_suite: str,

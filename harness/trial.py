@@ -25,13 +25,14 @@ from lstm_harness.diagnostics.monitor import Monitors
 from lstm_harness.models.factory import build_model
 from lstm_harness.models.seq2seq import Seq2Seq, count_parameters
 from lstm_harness.registry import load_task_class
-from lstm_harness.tracking import TrialTracker
+from lstm_harness.tracking import NullTracker, Tracker, TrialTracker
 from lstm_harness.training.evaluate import evaluate
 from lstm_harness.training.loop import TrainState, train
 from lstm_harness.training.optim import make_optimizer
 from lstm_harness.training.rng import restore_rng_state, rng_state
 from lstm_harness.training.target import target_reached
 from lstm_harness.training.techniques import Techniques
+from lstm_harness.trial_spec import TrialSpec
 
 CHECKPOINT_FILE = "trial.pt"
 
@@ -78,31 +79,28 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None = None,
+def execute_trial(trial: TrialSpec, runtime: Runtime, report: Report | None = None,
                   resume: dict[str, Any] | None = None) -> dict[str, float]:
     """Train and test one trial; returns its final metrics (``test.*`` and ``cost.*``)."""
     started = time.perf_counter()
     torch.set_num_threads(max(1, int(runtime.cpus)))
     device = pick_device(runtime.gpus)
     reset_peak_memory(device)
-    cfg = TrialConfig.model_validate(trial["config"])
-    task_cls = load_task_class(trial["task"]["name"])
-    task = task_cls(task_cls.Params.model_validate(trial["task"]["params"]))
+    cfg = TrialConfig.model_validate(trial.config)
+    task_cls = load_task_class(trial.task.name)
+    task = task_cls(task_cls.Params.model_validate(trial.task.params))
 
-    torch.manual_seed(trial["seed"])
+    torch.manual_seed(trial.seed)
     aux_tasks = [ref.build() for ref in cfg.train.curriculum.tasks]  # multi-task curriculum
     model = build_model(cfg.model, task, aux_tasks).to(device)
     optimizer = make_optimizer(model.parameters(), cfg.train)
     state = TrainState()
     scorer = None
     if cfg.train.curriculum.kind == "perplexity" and cfg.train.curriculum.from_trial:
-        scorer = load_trial_model(runtime, cfg.train.curriculum.from_trial, trial["suite"],
+        scorer = load_trial_model(runtime, cfg.train.curriculum.from_trial, trial.suite,
                                   task, device)
     techniques = Techniques(cfg.train, model, optimizer, task, scorer, aux_tasks)
     monitors = Monitors(cfg.monitor, task, device)
-    tracker = None
-    if runtime.tracking_uri is not None:
-        tracker = TrialTracker(runtime.tracking_uri, runtime.experiment_id, runtime.parent_run_id)
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -111,17 +109,11 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
         monitors.load_state_dict(resume["monitors"])
         restore_rng_state(resume)
         started -= resume["elapsed"]
-    if tracker is not None:
-        resume_run_id = resume.get("mlflow_run_id") if resume else None
-        tracker.start(trial, resume_run_id=resume_run_id)
-        record_attempt(tracker.client, tracker.run_id, state.step if resume_run_id else None)
-        if resume_run_id is None:
-            close_lost_attempts(tracker.client, runtime.experiment_id, trial["suite"],
-                                trial["key"], tracker.run_id)
+    tracker = open_tracker(runtime, trial, resume.get("mlflow_run_id") if resume else None,
+                           state.step)
 
     def on_log(state: TrainState, metrics: dict[str, float]) -> None:
-        if tracker is not None:
-            tracker.log_metrics(metrics, state.step)
+        tracker.log_metrics(metrics, state.step)
 
     def on_eval(state: TrainState, metrics: dict[str, float]) -> None:
         target = cfg.train.steps_to_target
@@ -129,21 +121,20 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
                 metrics[target.metric], target.value, metric_direction(task, target.metric)):
             state.target_step = state.step
         valid = {f"{rs.VALID_PREFIX}{k}": v for k, v in metrics.items()}
-        if tracker is not None:
-            tracker.log_metrics(valid, state.step)
+        tracker.log_metrics(valid, state.step)
         if report is not None:
             report({"step": state.step, **valid}, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "state": state.as_dict(), **rng_state(),
                 "techniques": techniques.state_dict(), "monitors": monitors.state_dict(),
                 "elapsed": time.perf_counter() - started,
-                "mlflow_run_id": tracker.run_id if tracker else None})
+                "mlflow_run_id": tracker.run_id})
 
     try:
-        if resume is None and trial.get("init_from"):  # inside: a failure is recorded
-            start_from_trial(model, runtime, trial["init_from"], trial["suite"])
+        if resume is None and trial.init_from:  # inside: a failure is recorded
+            start_from_trial(model, runtime, trial.init_from, trial.suite)
         monitors.start(model)  # the initial weights, for the distance travelled
-        train(model, optimizer, task, cfg.train, trial["seed"], state, device, techniques,
+        train(model, optimizer, task, cfg.train, trial.seed, state, device, techniques,
               monitors, on_log, on_eval)
         test = evaluate(model, task, "test", cfg.train.eval_batch_size, device,
                         cfg.train.mc_samples, cfg.train.length_buckets)
@@ -159,20 +150,18 @@ def execute_trial(trial: dict[str, Any], runtime: Runtime, report: Report | None
             final[rs.COST_TARGET_REACHED] = float(state.target_step is not None)
             if state.target_step is not None:
                 final[rs.TEST_PREFIX + rs.STEPS_TO_TARGET] = float(state.target_step)
-        if tracker is not None:
-            tracker.log_metrics({**final, **reference_metrics(task)}, state.step)
-            if monitors.flags:
-                tracker.client.set_tag(tracker.run_id, rs.TAG_DIAGNOSTICS,
-                                       "; ".join(monitors.flags)[:5000])
-            if monitors.draws_figures:
-                log_diagnostic_figures(tracker, runtime.tracking_uri, trial["key"])
-            tracker.log_weights(model.state_dict())
-            if model.attention is not None and isinstance(model, Seq2Seq):
-                log_attention_figure(model, task, device, tracker)
-            tracker.finish()
+        tracker.log_metrics({**final, **reference_metrics(task)}, state.step)
+        if monitors.flags:
+            tracker.set_tags({rs.TAG_DIAGNOSTICS: "; ".join(monitors.flags)[:5000]})
+        if monitors.draws_figures:
+            tracker.log_files(lambda folder: diagnostic_figure_files(
+                tracker, runtime.tracking_uri, trial.key, folder), "diagnostics")
+        tracker.log_weights(model.state_dict())
+        if model.attention is not None and isinstance(model, Seq2Seq):
+            tracker.log_files(lambda folder: [attention_figure(model, task, device, folder)])
+        tracker.finish()
     except BaseException as exc:
-        if tracker is not None:
-            tracker.fail(f"{type(exc).__name__}: {exc}")
+        tracker.fail(f"{type(exc).__name__}: {exc}")
         raise
     if report is not None:
         report({"step": state.step, "done": 1.0, **final}, None)
@@ -184,20 +173,32 @@ def metric_direction(task, metric: str) -> str:
     return "min" if metric == "loss" else task.direction(metric)
 
 
-def log_diagnostic_figures(tracker: TrialTracker, tracking_uri: str, key: str) -> None:
-    """The trial's own gate, gradient-norm and curvature figures, as MLflow artifacts under
-    ``diagnostics/``."""
+def open_tracker(runtime: Runtime, trial: TrialSpec, resume_run_id: str | None,
+                 step: int) -> Tracker:
+    """The trial's MLflow run, opened (or ``resume_run_id`` reopened, the retry resuming at
+    ``step``) with this attempt recorded; a :class:`NullTracker` when tracking is off."""
+    if runtime.tracking_uri is None:
+        return NullTracker()
+    tracker = TrialTracker(runtime.tracking_uri, runtime.experiment_id, runtime.parent_run_id)
+    tracker.start(trial, resume_run_id=resume_run_id)
+    record_attempt(tracker.client, tracker.run_id, step if resume_run_id else None)
+    if resume_run_id is None:
+        close_lost_attempts(tracker.client, runtime.experiment_id, trial.suite, trial.key,
+                            tracker.run_id)
+    return tracker
+
+
+def diagnostic_figure_files(tracker: TrialTracker, tracking_uri: str, key: str,
+                            folder: Path) -> list[Path]:
+    """The trial's own gate, gradient-norm and curvature figures, drawn in ``folder`` from
+    the metrics its run logged (the tracker logs them under ``diagnostics/``)."""
     import pandas as pd
 
     from lstm_harness.reporting.diagnostic_plots import diagnostic_figures
 
-    metrics = tracker.client.get_run(tracker.run_id).data.metrics
     runs = pd.DataFrame([{"run_id": tracker.run_id,
-                          **{f"metrics.{k}": v for k, v in metrics.items()}}])
-    with tempfile.TemporaryDirectory() as folder:
-        for path in diagnostic_figures(tracking_uri, runs, {tracker.run_id: key},
-                                       Path(folder)).values():
-            tracker.client.log_artifact(tracker.run_id, str(path), "diagnostics")
+                          **{f"metrics.{k}": v for k, v in tracker.metrics().items()}}])
+    return list(diagnostic_figures(tracking_uri, runs, {tracker.run_id: key}, folder).values())
 
 
 def reference_metrics(task) -> dict[str, float]:
@@ -239,9 +240,8 @@ def load_trial_model(runtime: Runtime, reference: str, suite: str, task,
     return model.to(device)
 
 
-def log_attention_figure(model: Seq2Seq, task, device: torch.device,
-                         tracker: TrialTracker) -> None:
-    """The attention heatmap of the first validation example, as a PNG artifact."""
+def attention_figure(model: Seq2Seq, task, device: torch.device, folder: Path) -> Path:
+    """The attention heatmap of the first validation example, as ``folder/attention.png``."""
     from lstm_harness.reporting.plots import attention_heatmap
 
     batch = next(iter(task.eval_batches("valid", 1))).to(device)
@@ -251,10 +251,8 @@ def log_attention_figure(model: Seq2Seq, task, device: torch.device,
     length = int(batch.src_len[0])
     source = [token_label(task, t, "src") for t in batch.src[0, :length].tolist()]
     output = [token_label(task, t, "tgt") for t in tokens[0].tolist()]
-    with tempfile.TemporaryDirectory() as folder:
-        path = attention_heatmap(alpha[0, :, :length].cpu().numpy(), source, output,
-                                 Path(folder) / "attention.png", title="first validation example")
-        tracker.client.log_artifact(tracker.run_id, str(path))
+    return attention_heatmap(alpha[0, :, :length].cpu().numpy(), source, output,
+                             folder / "attention.png", title="first validation example")
 
 
 def token_label(task, token: int, side: str) -> str:
@@ -262,7 +260,7 @@ def token_label(task, token: int, side: str) -> str:
     return task.token_text(token, side) or str(token)
 
 
-def mark_corrupt(runtime: Runtime, trial: dict[str, Any], reason: str) -> None:
+def mark_corrupt(runtime: Runtime, trial: TrialSpec, reason: str) -> None:
     """The trial's run left RUNNING by the attempt that wrote the checkpoint ends FAILED with
     ``reason``, so that the table and the report show it."""
     if runtime.tracking_uri is None:
@@ -270,13 +268,15 @@ def mark_corrupt(runtime: Runtime, trial: dict[str, Any], reason: str) -> None:
     from mlflow.tracking import MlflowClient
 
     fail_running_attempts(MlflowClient(tracking_uri=runtime.tracking_uri),
-                          runtime.experiment_id, trial["suite"], trial["key"], reason)
+                          runtime.experiment_id, trial.suite, trial.key, reason)
 
 
 def tune_trainable(config: dict[str, Any], runtime: Runtime) -> None:
-    """Ray Tune entry point: resume from the last checkpoint, report with checkpoints."""
+    """Ray Tune entry point: ``config["trial"]`` is the trial's dict
+    (:meth:`TrialSpec.as_dict`); resume from the last checkpoint, report with checkpoints."""
     from ray import tune
 
+    trial = TrialSpec.from_dict(config["trial"])
     checkpoint = tune.get_checkpoint()
     resume = None
     if checkpoint is not None:
@@ -287,7 +287,7 @@ def tune_trainable(config: dict[str, Any], runtime: Runtime) -> None:
             except Exception as exc:
                 first = (str(exc).strip().splitlines() or [""])[0]
                 reason = f"corrupt checkpoint {path}: {type(exc).__name__}: {first}"
-                mark_corrupt(runtime, config["trial"], reason)
+                mark_corrupt(runtime, trial, reason)
                 raise RuntimeError(reason) from exc
 
     def report(metrics: dict[str, float], payload: dict[str, Any] | None) -> None:
@@ -299,7 +299,7 @@ def tune_trainable(config: dict[str, Any], runtime: Runtime) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
     try:
-        execute_trial(config["trial"], runtime, report=report, resume=resume)
+        execute_trial(trial, runtime, report=report, resume=resume)
     except Exception:
         traceback.print_exc()
         raise

@@ -8,9 +8,10 @@ from typing import Any
 import torch
 
 from lstm_harness.trial import Runtime, execute_trial
+from lstm_harness.trial_spec import TrialSpec
 
 
-def run_keeping_checkpoints(trial: dict[str, Any], runtime: Runtime
+def run_keeping_checkpoints(trial: TrialSpec, runtime: Runtime
                             ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """The trial's final metrics and every checkpoint it reported, each round-tripped through
     ``torch.save`` / ``torch.load(weights_only=True)`` like a checkpoint file."""

@@ -72,10 +72,10 @@ def test_only_the_trials_other_running_runs_are_closed(store):
 def test_fresh_attempt_closes_the_run_of_one_lost_before_a_checkpoint(store, tiny_suite):
     client, uri, experiment = store
     trial = load_suite(tiny_suite(steps=4)).trials()[0]
-    lost = trial_run(client, experiment, trial["key"])  # its process died: left RUNNING
+    lost = trial_run(client, experiment, trial.key)  # its process died: left RUNNING
     execute_trial(trial, Runtime(uri, experiment, None))
     runs = client.search_runs([experiment],
-                              filter_string=f"tags.`{rs.TAG_TRIAL_KEY}` = '{trial['key']}'")
+                              filter_string=f"tags.`{rs.TAG_TRIAL_KEY}` = '{trial.key}'")
     status = {r.info.run_id: r.info.status for r in runs}
     assert status.pop(lost) == "FAILED"
     assert list(status.values()) == ["FINISHED"]  # the trial has one FINISHED run

@@ -350,6 +350,11 @@ def test_ui_store_that_cannot_be_written(tmp_path, capsys, monkeypatch):
 
 # ------------------------------------------------------------------ a corrupt checkpoint
 
+# a trial's dict as Tune holds it (the checkpoint fails before the trial is built)
+CORRUPT_TRIAL = {"key": "baseline|copy|s0", "suite": "corrupt", "variants": {},
+                 "task": {"name": "copy", "label": "copy", "params": {}}, "seed": 0,
+                 "config": {}, "init_from": None}
+
 
 def test_corrupt_checkpoint_names_its_path(tmp_path, monkeypatch):
     """The trainable's resume path: a checkpoint file that torch cannot read is an error that
@@ -364,7 +369,7 @@ def test_corrupt_checkpoint_names_its_path(tmp_path, monkeypatch):
     monkeypatch.setattr(tune, "get_checkpoint",
                         lambda: tune.Checkpoint.from_directory(str(folder)))
     with pytest.raises(RuntimeError) as err:
-        tune_trainable({"trial": {}}, Runtime(None, None, None))
+        tune_trainable({"trial": CORRUPT_TRIAL}, Runtime(None, None, None))
     assert str(err.value).startswith(f"corrupt checkpoint {folder / CHECKPOINT_FILE}: ")
 
 
@@ -380,7 +385,7 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(tune, "get_checkpoint",
                         lambda: tune.Checkpoint.from_directory(str(folder)))
     with pytest.raises(RuntimeError, match=re.escape(f"corrupt checkpoint {folder}")):
-        tune_trainable({"trial": {}}, Runtime(None, None, None))
+        tune_trainable({"trial": CORRUPT_TRIAL}, Runtime(None, None, None))
 
 
 CORRUPT_SUITE = """

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -353,7 +354,7 @@ def write_suite(path, suite: dict):
 def trials(tmp_path_factory):
     path = write_suite(tmp_path_factory.mktemp("forecasting") / "forecasting.yaml",
                        suite_dict())
-    return {t["variants"]["technique"]: t for t in load_suite(path).trials()}
+    return {t.variants["technique"]: t for t in load_suite(path).trials()}
 
 
 @pytest.fixture
@@ -462,8 +463,9 @@ def test_adaptive_and_combined_trials_train_on_mixed_horizons(trials, monkeypatc
 
 @pytest.mark.parametrize("technique", ["linear", "adaptive", "perplexity"])
 def test_resumed_forecasting_trial_equals_uninterrupted(trials, technique):
-    trial = copy.deepcopy(trials[technique])
-    trial["config"]["train"]["eval_every"] = 3  # a checkpoint in the middle
+    config = copy.deepcopy(trials[technique].config)
+    config["train"]["eval_every"] = 3  # a checkpoint in the middle
+    trial = replace(trials[technique], config=config)
     runtime = Runtime(None, None, None)
     full, checkpoints = run_keeping_checkpoints(trial, runtime)
     assert [c["state"]["step"] for c in checkpoints] == [3, 6]
@@ -503,7 +505,7 @@ def test_valid_forecasting_suite_loads(tmp_path):
     suite = load_suite(write_suite(tmp_path / "ok.yaml", suite_dict()))
     trials = suite.trials()
     assert len(trials) == len(TECHNIQUES)
-    assert {t["task"]["name"] for t in trials} == {"timeseries"}
+    assert {t.task.name for t in trials} == {"timeseries"}
     assert suite.directions()["mase_tf"] == "min"
 
 

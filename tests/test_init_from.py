@@ -51,28 +51,28 @@ def test_stages_order_trials_by_their_sources(tmp_path):
         "opt": {"adam": {}, "sgd": {"train.optimizer": "sgd"}},
     }
     suite = load_suite(write(tmp_path, suite_dict("stages", axes, seeds=[0, 1])))
-    trials = {t["key"]: t for t in suite.trials()}
+    trials = {t.key: t for t in suite.trials()}
     assert len(trials) == 12
     for key, trial in trials.items():
-        v, seed = trial["variants"], trial["seed"]
+        v, seed = trial.variants, trial.seed
         expected = {"ce-pretrain": None,
                     "rl": trial_key({"objective": "ce-pretrain", "opt": v["opt"]}, "copy", seed),
                     "more": trial_key({"objective": "rl", "opt": "adam"}, "copy", seed),
                     }[v["objective"]]
-        assert trial["init_from"] == expected, key
+        assert trial.init_from == expected, key
         assert expected is None or expected in trials
-    assert trials["rl/sgd|copy|s1"]["init_from"] == "ce-pretrain/sgd|copy|s1"
-    assert trials["more/sgd|copy|s0"]["init_from"] == "rl/adam|copy|s0"
+    assert trials["rl/sgd|copy|s1"].init_from == "ce-pretrain/sgd|copy|s1"
+    assert trials["more/sgd|copy|s0"].init_from == "rl/adam|copy|s0"
 
     stages = suite.stages()
-    assert [sorted({t["variants"]["objective"] for t in s}) for s in stages] == [
+    assert [sorted({t.variants["objective"] for t in s}) for s in stages] == [
         ["ce-pretrain"], ["rl"], ["more"]]
     assert [len(s) for s in stages] == [4, 4, 4]
-    assert sorted(t["key"] for s in stages for t in s) == sorted(trials)
-    position = {t["key"]: i for i, s in enumerate(stages) for t in s}
+    assert sorted(t.key for s in stages for t in s) == sorted(trials)
+    position = {t.key: i for i, s in enumerate(stages) for t in s}
     for key, trial in trials.items():  # every source runs in an earlier stage
-        if trial["init_from"]:
-            assert position[trial["init_from"]] < position[key]
+        if trial.init_from:
+            assert position[trial.init_from] < position[key]
 
 
 def test_suite_without_init_from_is_one_stage(tmp_path):
@@ -80,7 +80,7 @@ def test_suite_without_init_from_is_one_stage(tmp_path):
     del suite["base"]["train"]["init_from"]
     loaded = load_suite(write(tmp_path, suite))
     assert [len(s) for s in loaded.stages()] == [2]
-    assert all(t["init_from"] is None for t in loaded.trials())
+    assert all(t.init_from is None for t in loaded.trials())
 
 
 BAD = {

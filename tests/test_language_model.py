@@ -25,6 +25,7 @@ from lstm_harness.tasks.language_model import (
 from lstm_harness.training.evaluate import evaluate_stream
 from lstm_harness.training.losses import LossConfig
 from lstm_harness.trial import Runtime, execute_trial
+from lstm_harness.trial_spec import TrialSpec, TrialTask
 
 RUNTIME = Runtime(tracking_uri=None, experiment_id=None, parent_run_id=None)
 WORDS = "the a cat dog sat ran on under mat rug big small red".split()
@@ -278,15 +279,16 @@ def test_ignored_targets_do_not_count(task: LanguageModelTask) -> None:
 
 # -- trials -----------------------------------------------------------------------------------
 
-def lm_trial(folder: Path, **train) -> dict:
-    return {"config": {"model": {"embed": 8, "hidden": 16,
-                                 "dropout": {"output": 0.2, "variational": True,
-                                             "weight_drop": 0.2, "embedding": 0.1}},
-                       "train": {"steps": 30, "batch_size": 4, "eval_every": 10,
-                                 "eval_batch_size": 3, **train}},
-            "task": {"name": "language_model",
-                     "params": {"source": "files", "files": str(folder), "bptt": 7}},
-            "seed": 0, "key": "lm", "suite": "lm"}
+def lm_trial(folder: Path, **train) -> TrialSpec:
+    return TrialSpec(
+        config={"model": {"embed": 8, "hidden": 16,
+                          "dropout": {"output": 0.2, "variational": True, "weight_drop": 0.2,
+                                      "embedding": 0.1}},
+                "train": {"steps": 30, "batch_size": 4, "eval_every": 10,
+                          "eval_batch_size": 3, **train}},
+        task=TrialTask("language_model", "language_model",
+                       {"source": "files", "files": str(folder), "bptt": 7}),
+        seed=0, key="lm", suite="lm")
 
 
 def test_resumed_lm_trial_equals_the_uninterrupted_one(tmp_path: Path) -> None:

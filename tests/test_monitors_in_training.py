@@ -15,20 +15,19 @@ from lstm_harness.suite import resolve_config
 from lstm_harness.tasks.copy import CopyParams, CopyTask
 from lstm_harness.tracking import prepare_experiment
 from lstm_harness.trial import Runtime, execute_trial
+from lstm_harness.trial_spec import TrialSpec, TrialTask
 
-TASK = {"name": "copy", "label": "copy",
-        "params": {"min_len": 3, "max_len": 6, "n_valid": 64, "n_test": 32}}
+TASK = TrialTask("copy", "copy", {"min_len": 3, "max_len": 6, "n_valid": 64, "n_test": 32})
 
 
-def trial(monitor: dict, steps: int = 12, **train) -> dict:
+def trial(monitor: dict, steps: int = 12, **train) -> TrialSpec:
     config = resolve_config({
         "model": {"embed": 8, "hidden": 16, "layers": 1},
         "train": {"steps": steps, "batch_size": 8, "eval_every": steps, "log_every": 1,
                   **train},
         "monitor": monitor,
     }, [])
-    return {"key": "m|copy|s0", "suite": "monitors", "seed": 0, "variants": {}, "task": TASK,
-            "config": config}
+    return TrialSpec(key="m|copy|s0", suite="monitors", seed=0, task=TASK, config=config)
 
 
 def run_logged(monitor: dict, steps: int = 12, **train) -> tuple[dict, list[tuple[int, dict]]]:

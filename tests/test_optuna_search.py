@@ -30,6 +30,7 @@ from lstm_harness.search import (
 )
 from lstm_harness.search_space import describe, format_value, parse_distribution, short_names
 from lstm_harness.suite import load_suite
+from lstm_harness.trial_spec import SearchChoice
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -296,9 +297,10 @@ def test_tuned_trials_apply_the_best_values(tmp_path):
     path.write_text(yaml.safe_dump(GOOD, sort_keys=False))
     trials = load_suite(path).trials()
     rows = tuned_trials(trials, {"lstm|copy": {"train.lr": 0.02}}, {"lstm|copy": "study"})
-    assert [t["key"] for t in rows] == ["lstm|copy|s0", "lstm|copy|s1"]  # ln: no best yet
-    assert all(t["config"]["train"]["lr"] == 0.02 for t in rows)
-    assert rows[0]["search"] == {"study": "study", "values": {"train.lr": 0.02}}
+    assert [t.key for t in rows] == ["lstm|copy|s0", "lstm|copy|s1"]  # ln: no best yet
+    assert all(t.config["train"]["lr"] == 0.02 for t in rows)
+    assert rows[0].search == SearchChoice("study", {"train.lr": 0.02})
+    assert rows[0].as_dict()["search"] == {"study": "study", "values": {"train.lr": 0.02}}
     assert expected_params(rows[0], ["train.lr"]) == {"train.lr": "0.02"}
 
 

@@ -378,7 +378,7 @@ def kind_trials(tmp_path_factory):
                                                 "pretrain_steps": PRETRAIN}}
                           for name, loss in KINDS.items()}}
     path = write_suite(tmp_path_factory.mktemp("seqlevel"), COPY, axes)
-    return {t["variants"]["objective"]: t for t in load_suite(path).trials()}
+    return {t.variants["objective"]: t for t in load_suite(path).trials()}
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import yaml
 from lstm_harness.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from lstm_harness.config import ModelConfig, TrainConfig
 from lstm_harness.suite import SuiteError, load_suite
+from lstm_harness.trial_spec import TrialTask
 
 QUICK = Path(__file__).resolve().parents[1] / "ablations" / "quick.yaml"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -347,35 +348,34 @@ def test_trial_count_is_product():
     s = load_suite(write(Path.cwd(), suite(axes=axes, tasks=tasks, seeds=[0, 1, 2])))
     trials = s.trials()
     assert len(trials) == 3 * 2 * 2 * 3
-    keys = [t["key"] for t in trials]
+    keys = [t.key for t in trials]
     assert len(set(keys)) == len(keys)
     assert "h128/sgd|rev|s2" in keys
-    sgd = next(t for t in trials if t["key"] == "h256/sgd|copy|s0")
-    assert sgd["variants"] == {"width": "h256", "opt": "sgd"}
-    assert sgd["config"]["model"]["hidden"] == 256
-    assert sgd["config"]["train"]["optimizer"] == "sgd"
-    assert sgd["config"]["train"]["momentum"] == 0.9
+    sgd = next(t for t in trials if t.key == "h256/sgd|copy|s0")
+    assert sgd.variants == {"width": "h256", "opt": "sgd"}
+    assert sgd.config["model"]["hidden"] == 256
+    assert sgd.config["train"]["optimizer"] == "sgd"
+    assert sgd.config["train"]["momentum"] == 0.9
 
 
 def test_quick_suite_keys_and_overrides():
-    trials = {t["key"]: t for t in load_suite(QUICK).trials()}
+    trials = {t.key: t for t in load_suite(QUICK).trials()}
     assert len(trials) == 12
     assert "h128|reverse|s2" in trials and "h64|copy|s0" in trials
     wide, narrow = trials["h128|reverse|s2"], trials["h64|reverse|s2"]
-    assert wide["config"]["model"]["hidden"] == 128
-    assert narrow["config"]["model"]["hidden"] == 64  # the base value
+    assert wide.config["model"]["hidden"] == 128
+    assert narrow.config["model"]["hidden"] == 64  # the base value
     # a dotted override changes only its leaf: sibling base settings survive
-    assert wide["config"]["model"]["embed"] == narrow["config"]["model"]["embed"] == 32
-    assert wide["config"]["train"] == narrow["config"]["train"]
-    assert wide["task"] == {"name": "copy", "label": "reverse",
-                            "params": {"variant": "reverse", "vocab": 10, "min_len": 3,
-                                       "max_len": 10}}
-    assert wide["seed"] == 2 and wide["suite"] == "quick"
+    assert wide.config["model"]["embed"] == narrow.config["model"]["embed"] == 32
+    assert wide.config["train"] == narrow.config["train"]
+    assert wide.task == TrialTask("copy", "reverse", {"variant": "reverse", "vocab": 10,
+                                                       "min_len": 3, "max_len": 10})
+    assert wide.seed == 2 and wide.suite == "quick"
 
 
 def test_override_lands_only_in_its_variant():
     s = load_suite(write(Path.cwd(), suite()))
-    by_variant = {t["variants"]["width"]: t["config"] for t in s.trials()}
+    by_variant = {t.variants["width"]: t.config for t in s.trials()}
     assert by_variant["wide"]["model"]["hidden"] == 256
     assert by_variant["narrow"]["model"]["hidden"] == ModelConfig().hidden  # schema default
     assert by_variant["wide"]["model"]["embed"] == by_variant["narrow"]["model"]["embed"] == 16
@@ -385,7 +385,7 @@ def test_override_lands_only_in_its_variant():
 
 def test_no_axes_gives_baseline_keys():
     s = load_suite(write(Path.cwd(), suite(axes=None)))
-    assert [t["key"] for t in s.trials()] == ["baseline|copy|s0", "baseline|copy|s1"]
+    assert [t.key for t in s.trials()] == ["baseline|copy|s0", "baseline|copy|s1"]
 
 
 def test_fingerprint_stable_and_sensitive():

@@ -65,7 +65,7 @@ def trials(tmp_path_factory):
     }
     path: Path = tmp_path_factory.mktemp("techniques") / "techniques.yaml"
     path.write_text(yaml.safe_dump(suite, sort_keys=False))
-    return {t["variants"]["technique"]: t for t in load_suite(path).trials()}
+    return {t.variants["technique"]: t for t in load_suite(path).trials()}
 
 
 @pytest.mark.parametrize("technique", list(TECHNIQUES))

@@ -64,7 +64,7 @@ def suite_file(tmp_path: Path) -> Path:
 @pytest.fixture(scope="module")
 def trials(tmp_path_factory):
     suite = load_suite(suite_file(tmp_path_factory.mktemp("zoo")))
-    return {t["variants"]["option"]: t for t in suite.trials()}
+    return {t.variants["option"]: t for t in suite.trials()}
 
 
 @pytest.mark.parametrize("option", list(OPTIONS))
@@ -95,7 +95,7 @@ def test_option_trains_in_the_forecaster(trials, option):
     from lstm_harness.tasks.base import ForecastBatch
 
     torch.manual_seed(0)
-    cfg = ModelConfig.model_validate(trials[option]["config"]["model"])
+    cfg = ModelConfig.model_validate(trials[option].config["model"])
     model = Forecaster(cfg, history_features=2, targets=1, covariate_features=[3])
     t = torch.linspace(0, 6, 16)
     series = torch.sin(t + torch.rand(8, 1) * 3)  # [8, 16] phase-shifted sines
