@@ -1,6 +1,7 @@
 """Training speed and memory of every LSTMStack cell / regulariser / skip variant vs nn.LSTM.
 
-    python benchmarks/cells.py [--quick] [--only NAME ...] [--no-write]
+    python benchmarks/cells.py [--quick] [--only NAME ...] [--no-write] [--before FILE]
+                               [--threads N]
 
 Each variant is built through ``ModelConfig`` (the stack picks the fused kernel or the custom
 time loop itself; the "path" column says which it took) and timed on forward + backward in
@@ -18,6 +19,11 @@ is handed back to the OS (malloc_trim), VmHWM is reset by writing 5 to /proc/sel
 one more forward + backward of the variant runs, and peak MB = VmHWM - VmRSS at the reset
 (activations, saved tensors and gradients of that step, plus allocator fragmentation; the
 weights are not counted).
+
+The custom layer's time loop is the compiled C++ loop where it builds, else the PyTorch loop
+(``LSTM_HARNESS_LOOP=python`` forces it); the report names the one that ran. ``--before FILE``
+adds, per size, the ratio column of an earlier report (e.g. a run with the PyTorch loop) as
+"before".
 
 The table is printed and written to benchmarks/results/cells.md.
 """
@@ -158,7 +164,7 @@ def run_one(name: str, size: tuple[int, int, int], budget_s: float) -> dict:
     root = Path(__file__).resolve().parent.parent
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     cmd = [sys.executable, __file__, "--child", name, ",".join(map(str, size)),
-           "--budget", str(budget_s)]
+           "--budget", str(budget_s), "--threads", str(THREADS)]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -181,23 +187,39 @@ def machine_line() -> str:
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-            f"Python {platform.python_version()}, {THREADS} threads, "
+            f"Python {platform.python_version()}, {THREADS} thread{'s' * (THREADS != 1)}, "
             f"load average {load:.2f} at start")
 
 
-def table(rows: dict, variants: list[str]) -> str:
+def earlier_ratios(path: Path) -> dict[str, list[str]]:
+    """variant -> its 'x nn.LSTM' cells (one per size) in an earlier report's table."""
+    found: dict[str, list[str]] = {}
+    head: list[str] = []
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == "variant":
+            head = cells
+        elif head and len(cells) == len(head) and not set(cells[0]) <= {"-"}:
+            found[cells[0]] = [c for c, h in zip(cells, head, strict=True) if h == "x nn.LSTM"]
+    return found
+
+
+def table(rows: dict, variants: list[str], before: dict[str, list[str]] | None = None) -> str:
     sizes = [tuple(s) for s in SIZES]
     head = ["variant", "path"]
     for b, t, h in sizes:
-        head += [f"tok/s B={b} T={t} H={h}", "x nn.LSTM"]
+        head += [f"tok/s B={b} T={t} H={h}", "x nn.LSTM"] + (["before"] if before else [])
     head += [f"peak MB (H={sizes[0][2]})", f"peak MB (H={sizes[1][2]})", "notes"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     baselines = sorted({baseline_name(v) for v in variants})
     for name in baselines + variants:
         cells = [f"{name}", rows[(name, sizes[0])]["path"]]
-        for size in sizes:
+        for k, size in enumerate(sizes):
             r = rows[(name, size)]
             cells += [f"{r['tokens_s']:,.0f}", f"{r['ratio']:.2f}"]
+            if before:
+                earlier = before.get(name, [])
+                cells.append(earlier[k] if k < len(earlier) else "")
         cells += [f"{rows[(name, s)]['peak_mb']:.0f}" for s in sizes]
         cells.append(VARIANTS[name][2] if name in VARIANTS else "baseline")
         lines.append("| " + " | ".join(cells) + " |")
@@ -205,13 +227,18 @@ def table(rows: dict, variants: list[str]) -> str:
 
 
 def main() -> None:
+    global THREADS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="variant names (default: all)")
     parser.add_argument("--budget", type=float, default=3.0, help="timing seconds per run")
     parser.add_argument("--quick", action="store_true", help="budget 0.7 s per run")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--before", type=Path, help="an earlier report: its ratios as 'before'")
+    parser.add_argument("--threads", type=int, default=THREADS,
+                        help=f"intra-op threads of every run (default {THREADS})")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    THREADS = args.threads
     if args.child:
         size = tuple(int(v) for v in args.child[1].split(","))
         print(json.dumps(measure(args.child[0], size, args.budget)))
@@ -222,6 +249,10 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
     machine = machine_line()
+    before = earlier_ratios(args.before) if args.before else None
+    from lstm_harness.models.compiled_loop import backend
+
+    loop = backend()
     started = time.perf_counter()
     rows = {}
     names = sorted({baseline_name(v) for v in variants}) + variants
@@ -232,11 +263,12 @@ def main() -> None:
             print(f"{name:26s} {r['path']:8s} B,T,H={size}: {r['tokens_s']:9,.0f} tok/s "
                   f"x{r['ratio']:.2f} ({r['repeats']} repeats), peak {r['peak_mb']:.0f} MB",
                   file=sys.stderr)
-    text = table(rows, variants)
+    text = table(rows, variants, before)
     command = "python " + " ".join(["benchmarks/cells.py"] + sys.argv[1:])
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     report = (f"# LSTMStack cell variants vs nn.LSTM: forward + backward training speed\n\n"
-              f"Machine: {machine}, {load_end:.2f} at the end.\n\nCommand: `{command}` "
+              f"Machine: {machine}, {load_end:.2f} at the end.\n\n"
+              f"Custom layers' time loop: {loop}.\n\nCommand: `{command}` "
               f"({time.perf_counter() - started:.0f} s).\n\n"
               f"1 layer unless the notes say otherwise; each ratio is to nn.LSTM with the same "
               f"layers and directions at the same size, timed in alternating blocks with the "

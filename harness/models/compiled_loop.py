@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -50,6 +51,7 @@ ENV_BUILD_DIR = "LSTM_HARNESS_BUILD_DIR"
 DTYPES = (torch.float32, torch.float64)
 
 _state: dict[str, object] = {}
+_state_lock = threading.Lock()  # one build per process, even from several threads
 
 
 def _digest() -> str:
@@ -94,6 +96,13 @@ def _load(verbose: bool = False) -> ModuleType | None:
     for :func:`backend` if that fails."""
     if "module" in _state:
         return _state["module"]  # type: ignore[return-value]
+    with _state_lock:
+        if "module" not in _state:
+            _build(verbose)
+    return _state["module"]  # type: ignore[return-value]
+
+
+def _build(verbose: bool) -> None:
     module = None
     try:
         from torch.utils import cpp_extension
@@ -110,7 +119,6 @@ def _load(verbose: bool = False) -> ModuleType | None:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         _state["reason"] = f"{type(error).__name__}: {first[:200]}"
     _state["module"] = module
-    return module
 
 
 def forced_fallback() -> bool:

@@ -93,7 +93,11 @@ const Tensor& defined_or(const Opt& m, const Tensor& other) {
   return m.has_value() && m->defined() ? *m : other;
 }
 
-int64_t grain(int64_t width) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(1, width)); }
+// rows per task: threads only when a step has at least ATen's own pointwise grain (32768
+// elements); below that a parallel region costs more than it saves
+int64_t grain(int64_t width) {
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, width));
+}
 
 std::vector<Tensor> loop_forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, Opt gates_gain,
                                  Opt gates_bias, Opt cell_gain, Opt cell_bias, Opt rec_mask,
