@@ -6,6 +6,7 @@
   c0, W_hh, the LayerNorm parameters) to 1e-5 in float32 and 1e-12 in float64;
 - the layer (``CustomLSTMLayer``) with every dropout/zoneout setting, training and evaluation,
   with and without padding: the compiled loop vs ``LSTM_HARNESS_LOOP=python`` on the same masks;
+- self-attention (compiled only) vs the layer's per-step autograd loop, and gradcheck;
 - the layer with no technique, pushed through the compiled loop, vs nn.LSTM with copied weights.
 
 The compiled tests skip only when no C++ compiler or ninja is installed (then the fallback is
@@ -267,6 +268,55 @@ def test_layer_compiled_equals_fallback(cell, rates, monkeypatch):
         monkeypatch.setenv(compiled_loop.ENV_LOOP, "python")
         slow = layer_run(layer, x, state, lens, seed=11)
         assert_close(fast, slow, 1e-5)
+
+
+# -- self-attention: compiled vs the layer's per-step autograd loop ------------------------------
+
+ATTENTION_CELLS = [{}, {"layernorm": True}, {"highway": True},
+                   {"layernorm": True, "highway": True, "residual_step": True}]
+
+
+@needs_compiled
+@pytest.mark.parametrize("cell", ATTENTION_CELLS, ids=cell_id)
+@pytest.mark.parametrize("rates", ["none", "recurrent", "recurrent_variational", "zoneout_hc",
+                                   "all"])
+@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
+def test_self_attention_compiled_equals_autograd_loop(cell, rates, dtype):
+    """Self-attention (Cheng et al. 2016) has no PyTorch SequenceLoop: its reference is the
+    per-step autograd loop (``fast = False``), on the same masks. float32 to 1e-5 except with
+    residual_step, whose growing states (|h| ~ 1e3 here) make float32 itself only ~1e-5
+    relative to float64 on either path: that case is checked in float64."""
+    if dtype == F32 and cell.get("residual_step"):
+        pytest.skip("float32 rounding of the reference itself exceeds 1e-5 (checked in float64)")
+    torch.manual_seed(seed_of(cell_id(cell), rates, dtype))
+    batch, steps, inp, hid = 4, 9, 6, 16
+    layer = CustomLSTMLayer(inp, hid, RATES[rates], self_attention=True, **cell).to(dtype)
+    x = torch.randn(batch, steps, inp, dtype=dtype)
+    state = (torch.randn(batch, hid, dtype=dtype), torch.randn(batch, hid, dtype=dtype))
+    lengths = torch.tensor([9, 3, 7, 1])
+    tol = 1e-5 if dtype == F32 else 1e-12
+    for training, lens in itertools.product([True, False], [None, lengths]):
+        layer.train(training)
+        fast = layer_run(layer, x, state, lens, seed=11)
+        assert type(fast[0].grad_fn).__name__ == "CompiledSequenceLoopBackward"
+        layer.fast = False
+        slow = layer_run(layer, x, state, lens, seed=11)
+        del layer.fast
+        assert_close(fast, slow, tol)
+
+
+@needs_compiled
+@pytest.mark.parametrize("cell", [{}, {"layernorm": True, "highway": True}], ids=cell_id)
+@pytest.mark.parametrize("masks", ["none", "per_step", "keep", "all"])
+def test_self_attention_gradcheck(cell, masks):
+    gen = torch.Generator().manual_seed(seed_of("attention", cell_id(cell), masks))
+    inputs = loop_inputs(cell, masks, gen, size=(4, 2, 3))
+    hid = inputs[1].shape[1]
+    blocks = 5 if cell.get("highway") else 4
+    inputs[3] = (0.5 * torch.randn(blocks * hid, 2 * hid, generator=gen,
+                                   dtype=F64)).requires_grad_()
+    assert gradcheck(CompiledSequenceLoop.apply, [*inputs, True], eps=1e-6, atol=1e-7,
+                     rtol=1e-5)
 
 
 # -- the layer with no technique through the compiled loop == nn.LSTM ---------------------------

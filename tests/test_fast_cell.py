@@ -137,8 +137,10 @@ def test_fast_loop_equals_autograd_loop(cell, rates, loop, monkeypatch):
             assert (a - b).abs().max().item() <= 1e-12 * scale, (training, lengths)
 
 
-def test_self_attention_keeps_the_autograd_loop():
-    """Self-attention reads every earlier state: the fast loop does not apply (same result)."""
+def test_self_attention_keeps_the_autograd_loop(monkeypatch):
+    """Self-attention reads every earlier state: SequenceLoop does not apply, so without the
+    compiled loop (tests/test_compiled_loop.py) the layer runs the autograd loop (same result)."""
+    monkeypatch.setenv("LSTM_HARNESS_LOOP", "python")
     torch.manual_seed(4)
     layer = CustomLSTMLayer(X, H, DropoutRates(), self_attention=True).to(F64)
     x = torch.randn(B, T, X, dtype=F64)

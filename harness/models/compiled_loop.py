@@ -172,7 +172,10 @@ class CompiledSequenceLoop(torch.autograd.Function):
     """:class:`~lstm_harness.models.layers.SequenceLoop` with its loop in C++: the same inputs
     (time-major ``xw`` [T, B, G H], ``h0``, ``c0``, ``w_hh``, the four LayerNorm parameters or
     None, ``rec_mask``, ``keep_h``, ``keep_c``, ``highway``, ``residual_step``, ``eps``) and
-    outputs ([B, T, H] and the final (h, c)).
+    outputs ([B, T, H] and the final (h, c)); and ``self_attention``, which SequenceLoop lacks:
+    the recurrent input is then [m_t h_{t-1}, ctx_t] with ctx_t = sum_{k<t} beta_k h_k,
+    beta = softmax_k(h_k . h_{t-1}) over the earlier outputs (Cheng et al. 2016), ``w_hh``
+    [G H, 2 H] (the layer's per-step autograd loop is its fallback).
 
     With layernorm the backward writes dL/d(h_in W_hh^T) over the saved normalised gates x^
     (no extra [T, B, G H] buffer); a repeat backward through a retained graph first recomputes
@@ -180,7 +183,8 @@ class CompiledSequenceLoop(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xw, h0, c0, w_hh, gates_gain, gates_bias, cell_gain, cell_bias,
-                rec_mask, keep_h, keep_c, highway: bool, residual_step: bool, eps: float):
+                rec_mask, keep_h, keep_c, highway: bool, residual_step: bool, eps: float,
+                self_attention: bool | None = None):
         module = _load()
         if module is None:
             raise RuntimeError(f"the C++ loop is unavailable: {_state['reason']}")
@@ -188,7 +192,8 @@ class CompiledSequenceLoop(torch.autograd.Function):
         hid = h0.shape[1]
         masks = [_unit_stride(m, steps, batch, hid, xw.dtype) for m in (rec_mask, keep_h, keep_c)]
         buffers = module.forward(xw, h0, c0, w_hh, gates_gain, gates_bias, cell_gain, cell_bias,
-                                 *masks, bool(highway), bool(residual_step), float(eps))
+                                 *masks, bool(highway), bool(residual_step), float(eps),
+                                 bool(self_attention))
         hs, cs = buffers[0], buffers[1]
         out = hs[1:].transpose(0, 1)
         # out is saved so that autograd refuses a backward after an in-place change of it
@@ -196,14 +201,15 @@ class CompiledSequenceLoop(torch.autograd.Function):
         ctx.buffers = buffers, masks
         ctx.options = bool(highway), bool(residual_step)
         ctx.spent = False
+        ctx.n_options = 6 if self_attention is None else 7  # inputs with no gradient
         return out, hs[steps].clone(), cs[steps].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_h, d_c):
         w_hh, gates_gain, cell_gain, _ = ctx.saved_tensors
-        (hs, cs, acts, tanh_c, c_new, h_in, xhat, rstd_g, mean_g, mean_c,
-         rstd_c), masks = ctx.buffers
+        (hs, cs, acts, tanh_c, c_new, h_in, xhat, rstd_g, mean_g, mean_c, rstd_c,
+         beta), masks = ctx.buffers
         if ctx.spent and xhat is not None:  # a retained graph: x^ was overwritten, recompute
             # it with the forward's own per-step products (bitwise the same values)
             steps, batch, _ = acts.shape
@@ -216,8 +222,8 @@ class CompiledSequenceLoop(torch.autograd.Function):
         ctx.spent = True
         grads = _load().backward(d_out, d_h, d_c, w_hh, gates_gain, cell_gain, *masks,
                                  *ctx.options, hs, cs, acts, tanh_c, c_new, h_in, xhat, rstd_g,
-                                 mean_c, rstd_c)
-        return tuple(grads) + (None,) * 6
+                                 mean_c, rstd_c, beta)
+        return tuple(grads) + (None,) * ctx.n_options
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -479,7 +479,8 @@ class CustomLSTMLayer(nn.Module):
             valid = (torch.arange(steps, device=x.device)[:, None]
                      < lengths.to(x.device)[None, :]).unsqueeze(-1)  # [T, B, 1]
         masks = self.sequence_masks(steps, batch, xw)
-        if self.fast and not self.self_attention:
+        # self-attention: only the compiled loop (the fallback is the per-step autograd loop)
+        if self.fast and (not self.self_attention or compiled_loop.usable(xw)):
             return self._fast_forward(xw, state, valid, masks)
         outputs = []
         # unbind: one backward node for all steps (xw[t] would zero-fill a [T, B, G H] gradient
@@ -512,11 +513,13 @@ class CustomLSTMLayer(nn.Module):
             keep.append(d)
         ln = ((self.ln_gates_gain, self.ln_gates_bias, self.ln_cell_gain, self.ln_cell_bias)
               if self.layernorm else (None,) * 4)
+        args = (xw, state[0], state[1], self._w_hh_t.t(), *ln, rec_mask, *keep, self.highway,
+                self.residual_step, self.ln_eps)
         # the compiled loop where it runs (CPU, float32/64, built), else the same in PyTorch
-        loop = (compiled_loop.CompiledSequenceLoop if compiled_loop.usable(xw)
-                else SequenceLoop)
-        out, h, c = loop.apply(xw, state[0], state[1], self._w_hh_t.t(), *ln, rec_mask, *keep,
-                               self.highway, self.residual_step, self.ln_eps)
+        if compiled_loop.usable(xw):
+            out, h, c = compiled_loop.CompiledSequenceLoop.apply(*args, self.self_attention)
+        else:
+            out, h, c = SequenceLoop.apply(*args)
         return out, (h, c)
 
 

@@ -24,6 +24,16 @@ namespace v3 {
 #include "lstm_loop_kernels.h"
 template <typename T> void forward_rows(const ForwardRow<T>& a) { forward_row(a); }
 template <typename T> void backward_rows(const BackwardRow<T>& a) { backward_row(a); }
+template <typename T>
+void attention_forward(const T* q, const T* hist, int64_t stride, int64_t t, int64_t H, T* beta,
+                       T* ctx) {
+  attention_forward_row(q, hist, stride, t, H, beta, ctx);
+}
+template <typename T>
+void attention_backward(const T* q, const T* hist, int64_t stride, int64_t t, int64_t H,
+                        const T* beta, const T* d_ctx, T* d_hist, int64_t d_stride, T* d_beta) {
+  attention_backward_row(q, hist, stride, t, H, beta, d_ctx, d_hist, d_stride, d_beta);
+}
 }  // namespace v3
 #pragma GCC pop_options
 #endif
@@ -66,6 +76,31 @@ template <typename T> void run_backward(const BackwardRow<T>& a) {
   base::backward_row(a);
 }
 
+template <typename T>
+void run_attention_forward(const T* q, const T* hist, int64_t stride, int64_t t, int64_t H,
+                           T* beta, T* ctx) {
+#ifdef LSTM_LOOP_X86_V3
+  if (use_v3()) {
+    v3::attention_forward(q, hist, stride, t, H, beta, ctx);
+    return;
+  }
+#endif
+  base::attention_forward_row(q, hist, stride, t, H, beta, ctx);
+}
+
+template <typename T>
+void run_attention_backward(const T* q, const T* hist, int64_t stride, int64_t t, int64_t H,
+                            const T* beta, const T* d_ctx, T* d_hist, int64_t d_stride,
+                            T* d_beta) {
+#ifdef LSTM_LOOP_X86_V3
+  if (use_v3()) {
+    v3::attention_backward(q, hist, stride, t, H, beta, d_ctx, d_hist, d_stride, d_beta);
+    return;
+  }
+#endif
+  base::attention_backward_row(q, hist, stride, t, H, beta, d_ctx, d_hist, d_stride, d_beta);
+}
+
 // a mask or keep weight as [T, B, H] with unit stride over H (strides over T may be 0)
 struct Mask {
   const void* data = nullptr;
@@ -102,7 +137,7 @@ int64_t grain(int64_t width) {
 std::vector<Tensor> loop_forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, Opt gates_gain,
                                  Opt gates_bias, Opt cell_gain, Opt cell_bias, Opt rec_mask,
                                  Opt keep_h, Opt keep_c, bool highway, bool residual,
-                                 double eps) {
+                                 double eps, bool attention) {
   xw = xw.contiguous();
   h0 = h0.contiguous();
   c0 = c0.contiguous();
@@ -117,7 +152,10 @@ std::vector<Tensor> loop_forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, O
   const bool has_keep_c = keep_c.has_value() && keep_c->defined();
   const bool has_mask = rec_mask.has_value() && rec_mask->defined();
   Tensor c_new = has_keep_c ? at::empty({T, B, H}, opts) : cs.narrow(0, 1, T);
-  Tensor h_in = has_mask ? at::empty({T, B, H}, opts) : hs.narrow(0, 0, T);
+  // with self-attention the recurrent input is [m h_{t-1}, ctx_t] (Cheng et al. 2016)
+  Tensor h_in = attention ? at::empty({T, B, 2 * H}, opts)
+                          : has_mask ? at::empty({T, B, H}, opts) : hs.narrow(0, 0, T);
+  Tensor beta = attention ? at::zeros({T, B, T}, opts) : Tensor();
   Tensor acts = at::empty({T, B, W}, opts), tanh_c = at::empty({T, B, H}, opts);
   Tensor xhat, rstd_g, mean_g, mean_c, rstd_c, gg, gb, cg, cb;
   if (ln) {
@@ -133,7 +171,7 @@ std::vector<Tensor> loop_forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, O
   }
   Mask mask = mask_of(rec_mask, T, B, H), kh = mask_of(keep_h, T, B, H),
        kc = mask_of(keep_c, T, B, H);
-  if (has_mask && T > 0) {
+  if (has_mask && T > 0 && !attention) {
     Tensor m0 = rec_mask->dim() == 2 ? *rec_mask : (*rec_mask)[0];
     Tensor first = h_in[0];
     at::mul_out(first, h0, m0);
@@ -159,7 +197,24 @@ std::vector<Tensor> loop_forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, O
     const T_* gb_p = ln ? gb.data_ptr<T_>() : nullptr;
     const T_* cg_p = ln ? cg.data_ptr<T_>() : nullptr;
     const T_* cb_p = ln ? cb.data_ptr<T_>() : nullptr;
+    T_* beta_p = attention ? beta.data_ptr<T_>() : nullptr;
     for (int64_t t = 0; t < T; ++t) {
+      if (attention) {  // [m_t h_{t-1}, ctx_t] for every row
+        at::parallel_for(0, B, std::max<int64_t>(1, grain(W) / 4), [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            const T_* q = hs_p + (t * B + b) * H;
+            T_* row = hin_p + (t * B + b) * 2 * H;
+            const T_* m = mask.row<T_>(t, b);
+            for (int64_t j = 0; j < H; ++j) row[j] = m ? q[j] * m[j] : q[j];
+            if (t == 0) {
+              for (int64_t j = 0; j < H; ++j) row[H + j] = T_(0);
+            } else {
+              run_attention_forward<T_>(q, hs_p + (B + b) * H, B * H, t, H,
+                                        beta_p + (t * B + b) * T, row + H);
+            }
+          }
+        });
+      }
       at::mm_out(rec, h_in[t], w_t);
       at::parallel_for(0, B, grain(W), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
@@ -191,7 +246,7 @@ std::vector<Tensor> loop_forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, O
           a.cell_bias = cb_p;
           a.keep_h = kh.row<T_>(t, b);
           a.keep_c = kc.row<T_>(t, b);
-          const bool next = has_mask && t + 1 < T;
+          const bool next = has_mask && t + 1 < T && !attention;
           a.mask_next = next ? mask.row<T_>(t + 1, b) : nullptr;
           a.h_in_next = next ? hin_p + ((t + 1) * B + b) * H : nullptr;
           run_forward(a);
@@ -199,22 +254,30 @@ std::vector<Tensor> loop_forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, O
       });
     }
   });
-  return {hs, cs, acts, tanh_c, c_new, h_in, xhat, rstd_g, mean_g, mean_c, rstd_c};
+  return {hs, cs, acts, tanh_c, c_new, h_in, xhat, rstd_g, mean_g, mean_c, rstd_c, beta};
 }
 
 std::vector<Tensor> loop_backward(Tensor d_out, Tensor d_h, Tensor d_c, Tensor w_hh,
                                   Opt gates_gain, Opt cell_gain, Opt rec_mask, Opt keep_h,
                                   Opt keep_c, bool highway, bool residual, Tensor hs, Tensor cs,
                                   Tensor acts, Tensor tanh_c, Tensor c_new, Tensor h_in,
-                                  Opt xhat, Opt rstd_g, Opt mean_c, Opt rstd_c) {
+                                  Opt xhat, Opt rstd_g, Opt mean_c, Opt rstd_c, Opt beta) {
   const int64_t T = acts.size(0), B = acts.size(1), W = acts.size(2), H = hs.size(2);
   const bool ln = gates_gain.has_value() && gates_gain->defined();
   auto opts = acts.options();
-  if (d_out.stride(2) != 1) d_out = d_out.contiguous();
+  const bool attention = beta.has_value() && beta->defined();
+  // with self-attention, later steps add dL/d(out_k) through the attention: a private copy
+  if (attention) {
+    d_out = d_out.contiguous().clone();
+  } else if (d_out.stride(2) != 1) {
+    d_out = d_out.contiguous();
+  }
   d_h = d_h.contiguous();
   d_c = d_c.contiguous();
   w_hh = w_hh.contiguous();
-  Tensor gh_prev = at::zeros({B, H}, opts), gc = d_c.clone(), d_h_in = at::zeros({B, H}, opts);
+  const int64_t K = attention ? 2 * H : H;  // width of the recurrent input
+  Tensor gh_prev = at::zeros({B, H}, opts), gc = d_c.clone(), d_h_in = at::zeros({B, K}, opts);
+  Tensor d_beta = attention ? at::empty({B, T}, opts) : Tensor();
   Tensor scratch = at::empty({B, 4 * H}, opts);
   Tensor d_pre = at::empty({T, B, W}, opts);
   Tensor gg, cg, dgg, dcg, dcb, xh, rg, mc, rc;
@@ -271,7 +334,7 @@ std::vector<Tensor> loop_backward(Tensor d_out, Tensor d_h, Tensor d_c, Tensor w
           a.first = t == T - 1;
           const int64_t rw = (t * B + b) * W, rh = (t * B + b) * H;
           a.d_h = d_h_p + b * H;
-          a.d_h_in = d_h_in_p + b * H;
+          a.d_h_in = d_h_in_p + b * K;
           a.mask_next = has_mask && t + 1 < T ? mask.row<T_>(t + 1, b) : nullptr;
           a.gh_prev = ghp_p + b * H;
           a.d_out = d_out_p + b * so_b + t * so_t;
@@ -298,6 +361,18 @@ std::vector<Tensor> loop_backward(Tensor d_out, Tensor d_h, Tensor d_c, Tensor w
         }
       });
       at::mm_out(d_h_in, d_rec[t], w_hh);
+      if (attention && t > 0) {  // dL/dctx_t -> dL/d(out_k), k < t
+        T_* d_out_w = d_out.data_ptr<T_>();
+        const T_* beta_p = beta->data_ptr<T_>();
+        T_* db_p = d_beta.data_ptr<T_>();
+        at::parallel_for(0, B, std::max<int64_t>(1, grain(W) / 4), [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            run_attention_backward<T_>(hs_p + (t * B + b) * H, hs_p + (B + b) * H, B * H, t, H,
+                                       beta_p + (t * B + b) * T, d_h_in_p + b * K + H,
+                                       d_out_w + b * so_b, so_t, db_p + b * T);
+          }
+        });
+      }
     }
   });
   // dL/dh_0 = m_0 (d_rec_0 W_hh) + the skip paths; dL/dC_0 = gc
@@ -306,9 +381,10 @@ std::vector<Tensor> loop_backward(Tensor d_out, Tensor d_h, Tensor d_c, Tensor w
     d_h0 = d_h.clone();
   } else {
     Tensor m0 = has_mask ? (rec_mask->dim() == 2 ? *rec_mask : (*rec_mask)[0]) : Tensor();
-    d_h0 = has_mask ? d_h_in.mul_(m0).add_(gh_prev) : d_h_in.add_(gh_prev);
+    Tensor d_first = attention ? d_h_in.narrow(1, 0, H) : d_h_in;
+    d_h0 = has_mask ? d_first.mul(m0).add_(gh_prev) : d_first.add(gh_prev);
   }
-  Tensor d_w = d_rec.reshape({T * B, W}).t().mm(h_in.reshape({T * B, H}));
+  Tensor d_w = d_rec.reshape({T * B, W}).t().mm(h_in.reshape({T * B, K}));
   Tensor d_gg, d_gb, d_cg, d_cb;
   if (ln) {
     d_gg = dgg.sum(0).view({4, H});

@@ -325,4 +325,75 @@ static void backward_row(const BackwardRow<T>& a) {
   }
 }
 
+// -- self-attention over the earlier outputs (Cheng et al. 2016) -------------------------------
+// Step t >= 1 of one row: q = h_{t-1}, history h_k = out_k (k < t) at hist + k * stride,
+// e_k = h_k . q, beta = softmax(e), ctx = sum_k beta_k h_k.
+template <typename T>
+static inline T dot_(const T* __restrict__ x, const T* __restrict__ y, int64_t n) {
+  T p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    for (int l = 0; l < 8; ++l) p[l] += x[j + l] * y[j + l];
+  }
+  T s = ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7]));
+  for (; j < n; ++j) s += x[j] * y[j];
+  return s;
+}
+
+static inline float exp_(float x) { return exp_approx(x); }
+static inline double exp_(double x) { return __builtin_exp(x); }
+
+template <typename T>
+static void attention_forward_row(const T* q, const T* hist, int64_t stride, int64_t t, int64_t H,
+                                  T* beta, T* ctx) {
+  T top = T(0);
+  for (int64_t k = 0; k < t; ++k) {
+    beta[k] = dot_(hist + k * stride, q, H);
+    top = k == 0 || beta[k] > top ? beta[k] : top;
+  }
+  T total = 0;
+  for (int64_t k = 0; k < t; ++k) {
+    beta[k] = exp_(beta[k] - top);
+    total += beta[k];
+  }
+  for (int64_t k = 0; k < t; ++k) beta[k] = beta[k] / total;
+#pragma GCC ivdep
+  for (int64_t j = 0; j < H; ++j) ctx[j] = T(0);
+  for (int64_t k = 0; k < t; ++k) {
+    const T* __restrict__ h = hist + k * stride;
+    const T b = beta[k];
+#pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) ctx[j] += b * h[j];
+  }
+}
+
+// Reverse of the above: dL/dctx -> dL/dq (added at d_hist + (t - 1) * d_stride, q = out_{t-1})
+// and dL/dh_k (added at d_hist + k * d_stride); d_beta: [t] scratch.
+template <typename T>
+static void attention_backward_row(const T* q, const T* hist, int64_t stride, int64_t t,
+                                   int64_t H, const T* beta, const T* d_ctx, T* d_hist,
+                                   int64_t d_stride, T* d_beta) {
+  T s = 0;
+  for (int64_t k = 0; k < t; ++k) {
+    d_beta[k] = dot_(d_ctx, hist + k * stride, H);
+    s += beta[k] * d_beta[k];
+  }
+  T* dq = d_hist + (t - 1) * d_stride;
+  for (int64_t k = 0; k < t; ++k) {
+    const T de = beta[k] * (d_beta[k] - s), b = beta[k];
+    const T* h = hist + k * stride;
+    T* dh = d_hist + k * d_stride;
+    if (k == t - 1) {  // dq and dh_{t-1} share a row: q = h_{t-1}
+#pragma GCC ivdep
+      for (int64_t j = 0; j < H; ++j) dh[j] += (b * d_ctx[j] + de * q[j]) + de * h[j];
+    } else {
+#pragma GCC ivdep
+      for (int64_t j = 0; j < H; ++j) {
+        dq[j] += de * h[j];
+        dh[j] += b * d_ctx[j] + de * q[j];
+      }
+    }
+  }
+}
+
 }  // namespace
