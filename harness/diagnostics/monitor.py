@@ -13,12 +13,11 @@ nothing: the periodic and final work is skipped and the gradient norm is not com
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lstm_harness import run_schema as rs
-from lstm_harness.config import MonitorConfig
 from lstm_harness.diagnostics.gates import HealthyRanges, gate_health, gate_statistics, unhealthy
 from lstm_harness.diagnostics.gradients import (
     GradientAnomalyDetector,
@@ -36,6 +35,9 @@ from lstm_harness.diagnostics.landscape import (
     top_hessian_eigenvalue,
 )
 from lstm_harness.tasks.base import PAD, ForecastBatch, TaskBase, concat_batches
+
+if TYPE_CHECKING:  # annotations only: the config layer sits above this one
+    from lstm_harness.config import MonitorConfig
 
 GATE_KEY = re.compile(rs.GATE_KEY_PATTERN)
 MONITOR_BATCH = 32  # validation examples the gate, cell and curvature monitors read

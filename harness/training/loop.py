@@ -17,15 +17,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from lstm_harness import run_schema as rs
-from lstm_harness.config import TrainConfig
-from lstm_harness.diagnostics.monitor import Monitors
 from lstm_harness.tasks.base import TaskBase
 from lstm_harness.training.evaluate import evaluate
 from lstm_harness.training.techniques import Techniques
+
+if TYPE_CHECKING:  # annotations only: the config layer sits above this one
+    from lstm_harness.config import TrainConfig
+    from lstm_harness.diagnostics.monitor import Monitors
 
 
 @dataclass

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from lstm_harness.config import TrainConfig
+if TYPE_CHECKING:  # annotations only: the config layer sits above this one
+    from lstm_harness.config import TrainConfig
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:

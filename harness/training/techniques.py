@@ -5,12 +5,11 @@ schedule."""
 from __future__ import annotations
 
 from dataclasses import asdict, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lstm_harness import run_schema as rs
-from lstm_harness.config import TrainConfig
 from lstm_harness.models.dropout import DropoutRates, set_dropout_rates
 from lstm_harness.tasks.base import Task
 from lstm_harness.training.clipping import GradientClipper
@@ -19,6 +18,9 @@ from lstm_harness.training.lr_schedules import make_lr_scheduler
 from lstm_harness.training.multitask import MultiTaskCurriculum
 from lstm_harness.training.schedules import dropout_scale, teacher_forcing_prob
 from lstm_harness.training.sequence_level import SequenceObjective
+
+if TYPE_CHECKING:  # annotations only: the config layer sits above this one
+    from lstm_harness.config import TrainConfig
 
 RATE_NAMES = [f.name for f in fields(DropoutRates) if f.name != "variational"]
 
