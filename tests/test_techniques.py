@@ -234,7 +234,7 @@ def check_naive(seen: Seen, cfg: TrialConfig) -> None:
     for s in seen.logs:
         assert max(seen.lengths(s - 1)) <= seen.logs[s][rs.CURRICULUM_LENGTH]
     accuracies = [seen.logs[s][rs.TRAIN_ACCURACY] for s in sorted(seen.logs)]
-    if max(accuracies) >= 0.1:
+    if max(accuracies[:-1]) >= 0.1:  # observed before the last logged stage was drawn
         assert stages[-1] > 2.0
 
 
