@@ -25,6 +25,7 @@ import torch
 import lstm_harness.trial as trial_module
 from lstm_harness.suite import resolve_config
 from lstm_harness.trial import Runtime, execute_trial
+from lstm_harness.trial_spec import TrialSpec
 
 CONFIGS = {
     "off": {"grad_anomaly": False},
@@ -54,11 +55,11 @@ def loop_seconds(monitor: dict, steps: int) -> float:
 
     trial_module.train = timed_train
     try:
-        execute_trial({"key": "bench", "suite": "bench", "seed": 0, "variants": {},
-                       "task": {"name": "copy", "label": "copy",
-                                "params": {"min_len": 10, "max_len": 20, "n_valid": 64,
-                                           "n_test": 64}},
-                       "config": config}, Runtime(None, None, None, cpus=2))
+        execute_trial(TrialSpec.from_dict({
+            "key": "bench", "suite": "bench", "seed": 0, "variants": {},
+            "task": {"name": "copy", "label": "copy",
+                     "params": {"min_len": 10, "max_len": 20, "n_valid": 64, "n_test": 64}},
+            "config": config}), Runtime(None, None, None, cpus=2))
     finally:
         trial_module.train = original
     return timed[0]

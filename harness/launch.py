@@ -100,8 +100,11 @@ def run_stage(todo: list[TrialSpec], trainable, storage: Path, name: str, opts: 
 
     from lstm_harness.progress import ViewRelay
 
-    # Tune adds callbacks of its own to the list it is given: it gets a copy
-    relays = [ViewRelay(f"{name}#{i}", view) for i, view in enumerate(callbacks)]
+    # Tune adds callbacks of its own to the list it is given: it gets a copy. A launch without
+    # a view still gives Tune one relay, so a later launch that resumes this experiment with a
+    # live view has a relay to draw through (Tuner.restore takes no new callbacks).
+    views = list(callbacks) or [None]
+    relays = [ViewRelay(f"{name}#{i}", view) for i, view in enumerate(views)]
     experiment_path = storage / name
     try:
         if tune.Tuner.can_restore(str(experiment_path)):

@@ -80,8 +80,3 @@ class TrialSpec:
     def target(self) -> str:
         """``<variants>|<task>``: the key without its seed (one Optuna study each)."""
         return self.key.rsplit("|", 1)[0]
-
-    def __getitem__(self, name: str) -> Any:
-        """Transitional: dict-style reads (``trial["config"]``) for callers not yet moved to
-        the attributes."""
-        return self.as_dict()[name]

@@ -39,7 +39,7 @@ def layout_for(suite: Suite) -> TableLayout:
 def grad_k(suite: Suite) -> list[float]:
     """The distinct ``monitor.grad_k`` of the suite's trials that detect gradient anomalies,
     in trial order (the default when none does)."""
-    monitors = [t["config"]["monitor"] for t in suite.trials()]
+    monitors = [t.config["monitor"] for t in suite.trials()]
     found = dict.fromkeys(float(m["grad_k"]) for m in monitors if m["grad_anomaly"])
     return list(found) or [MonitorConfig().grad_k]
 
