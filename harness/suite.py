@@ -153,9 +153,8 @@ class Suite:
         """Every trial: each combination of one variant per axis, on every task, for every
         seed, with its resolved config."""
         axes = self.spec.axes
-        combos = list(itertools.product(*(list(v.items()) for v in axes.values())))
         out = []
-        for combo in combos:
+        for combo in variant_combinations(axes):
             variants = {axis: name for axis, (name, _) in zip(axes, combo, strict=True)}
             config = resolve_config(self.spec.base, [over or {} for _, over in combo])
             for task in self.spec.tasks:
@@ -409,7 +408,7 @@ def _config_errors(spec: SuiteFile) -> list[str]:
     for variants in spec.axes.values():
         combos *= len(variants)
     if combos <= 10_000:  # overrides may clash only in combination
-        for combo in itertools.product(*(list(v.items()) for v in spec.axes.values())):
+        for combo in variant_combinations(spec.axes):
             try:
                 resolve_config(spec.base, [over or {} for _, over in combo])
             except ValidationError as exc:
@@ -469,12 +468,18 @@ def forecast_conflicts(config: dict[str, Any]) -> list[str]:
     return lines
 
 
+def variant_combinations(axes: dict[str, dict[str, Any]]
+                         ) -> Iterator[tuple[tuple[str, Any], ...]]:
+    """The axis product: every combination of one (variant name, overrides) per axis, in the
+    suite's axis and variant order (the one place it is computed)."""
+    return itertools.product(*(list(v.items()) for v in axes.values()))
+
+
 def combo_configs(spec: SuiteFile, limit: int = 10_000
                   ) -> Iterator[tuple[tuple[str, ...], str, dict[str, Any]]]:
     """(variant names, "variant a.x + b.y" or "base", resolved config) of each combination of
     one variant per axis, the first ``limit`` of them (valid: _config_errors ran first)."""
-    combos = itertools.product(*(list(v.items()) for v in spec.axes.values()))
-    for combo in itertools.islice(combos, limit):
+    for combo in itertools.islice(variant_combinations(spec.axes), limit):
         names = tuple(name for name, _ in combo)
         where = " + ".join(f"{a}.{n}" for a, n in zip(spec.axes, names, strict=True))
         yield names, (f"variant {where}" if where else "base"), resolve_config(
