@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+
+from lstm_harness.strict import Strict
 
 PAD, BOS, EOS = 0, 1, 2
 N_SPECIAL = 3
@@ -43,10 +44,9 @@ Kind = Literal["seq2seq", "forecast", "lm", "classify"]
 IGNORE = -100  # target of a step that does not count (StreamBatch.targets)
 
 
-class TaskParams(BaseModel):
-    """Base class of a task's parameters: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
+class TaskParams(Strict):
+    """Base class of a task's parameters: unknown keys are errors (the harness's one
+    :class:`~lstm_harness.strict.Strict` base)."""
 
 
 @dataclass

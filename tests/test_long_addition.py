@@ -1,4 +1,5 @@
-"""The multi-digit addition task (Zaremba & Sutskever 2014) and how curricula draw from it."""
+"""The long_addition task (multi-digit addition; Zaremba & Sutskever 2014) and how curricula
+draw from it."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from lstm_harness.tasks.addition import PLUS, AdditionParams, AdditionTask, operands
 from lstm_harness.tasks.base import N_SPECIAL, strip_special
+from lstm_harness.tasks.long_addition import PLUS, AdditionParams, AdditionTask, operands
 from lstm_harness.training.curriculum import Curriculum, CurriculumConfig
 
 

@@ -1,5 +1,5 @@
-"""Multi-digit addition as a sequence-to-sequence task (Zaremba & Sutskever 2014, "Learning to
-Execute", the addition programs of Sec. 5 without the surrounding Python text).
+"""Long (multi-digit) addition as a sequence-to-sequence task (Zaremba & Sutskever 2014,
+"Learning to Execute", the addition programs of Sec. 5 without the surrounding Python text).
 
 Source: the digits of a, the symbol +, the digits of b (most significant digit first, one token
 each); target: the digits of a + b. The difficulty of an example is the number of digits d of
@@ -76,7 +76,7 @@ def digit_ids(number: int) -> list[int]:
 class AdditionTask(Task):
     """a + b, digit by digit (see the module)."""
 
-    name: ClassVar[str] = "addition"
+    name: ClassVar[str] = "long_addition"
     Params: ClassVar[type[TaskParams]] = AdditionParams
     metrics: ClassVar[dict[str, Direction]] = {"exact_match": "max", "token_accuracy": "max"}
 
