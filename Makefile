@@ -14,6 +14,7 @@ install:
 		$(PYTHON) -m pip install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
 	fi
 	$(PYTHON) -m pip install -q -e ".[test]"
+	$(PYTHON) -m lstm_harness.models.compiled_loop --build
 
 quick: install
 	$(PYTHON) -m lstm_harness run $(SUITE)

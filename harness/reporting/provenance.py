@@ -52,6 +52,14 @@ def machine() -> str:
             f"{os.cpu_count()} CPUs{mem}, {gpu}, Python {platform.python_version()}")
 
 
+def time_loop() -> str:
+    """Which time loop the custom LSTM layers run here (the compiled C++ loop or the PyTorch
+    fallback, and why), as the trials on this machine choose it."""
+    from lstm_harness.models.compiled_loop import backend
+
+    return backend()
+
+
 def write_run_md(out_dir: Path, suite_path: Path, command: str, summary: str,
                  tracking_uri: str, commit: str | None = None) -> Path:
     """RUN.md: how the results were made; ``commit`` defaults to HEAD now."""
@@ -62,6 +70,7 @@ def write_run_md(out_dir: Path, suite_path: Path, command: str, summary: str,
         f"- date (UTC): {datetime.now(timezone.utc):%Y-%m-%d %H:%M}",
         f"- git commit: `{commit or git_commit(Path.cwd())}`",
         f"- machine: {machine()}",
+        f"- custom LSTM time loop: {time_loop()}",
         f"- MLflow store: `{tracking_uri}`",
         f"- outcome: {summary}", "",
         "## Package versions", "",
