@@ -51,7 +51,9 @@ def test_wheel_holds_only_the_lstm_harness_root(wheel: Path) -> None:
     assert roots == {"lstm_harness"}
     for module in ("lstm_harness/cli.py", "lstm_harness/models/layers.py",
                    "lstm_harness/training/loop.py", "lstm_harness/diagnostics/monitor.py",
-                   "lstm_harness/tasks/base.py", "lstm_harness/tasks/copy.py"):
+                   "lstm_harness/tasks/base.py", "lstm_harness/tasks/copy.py",
+                   "lstm_harness/models/csrc/lstm_loop.cpp",  # the compiled loop's sources
+                   "lstm_harness/models/csrc/lstm_loop_kernels.h"):
         assert module in names
 
 
