@@ -28,7 +28,7 @@ def test_same_seed_same_metrics(trials):
 
 def test_other_seed_other_metrics(trials):
     seed0, seed1 = trials[0], trials[1]
-    assert seed0["seed"] != seed1["seed"]
+    assert seed0.seed != seed1.seed
     assert quality(execute_trial(seed0, RUNTIME)) != quality(execute_trial(seed1, RUNTIME))
 
 
