@@ -10,7 +10,6 @@ from pydantic import ValidationError
 from lstm_harness.training.schedules import (
     DifficultyConfig,
     DropoutScheduleConfig,
-    LengthCurriculumConfig,
     RunningAccuracy,
     SamplingConfig,
     curriculum_length,
@@ -73,26 +72,25 @@ def test_sampling_config_checks_k() -> None:
 
 
 def test_linear_length() -> None:
-    cfg = LengthCurriculumConfig(kind="linear", start=2, alpha=0.1)
-    got = [curriculum_length(cfg, t, 10) for t in (0, 9, 10, 30, 1000)]
+    got = [curriculum_length("linear", t, 10, start=2, alpha=0.1) for t in (0, 9, 10, 30, 1000)]
     assert got == [2, 2, 3, 5, 10]
     # 1 + 0.7 * 90 = 63.99999999999999 in floating point: 64 on paper
-    assert curriculum_length(LengthCurriculumConfig(kind="linear", start=1, alpha=0.7),
-                             90, 100) == 64
+    assert curriculum_length("linear", 90, 100, start=1, alpha=0.7) == 64
 
 
 def test_exponential_length() -> None:
-    cfg = LengthCurriculumConfig(kind="exponential", start=2, beta=2.0, tau=100)
-    got = [curriculum_length(cfg, t, 50) for t in (0, 100, 150, 400, 500, 10**9)]
+    got = [curriculum_length("exponential", t, 50, start=2, beta=2.0, tau=100)
+           for t in (0, 100, 150, 400, 500, 10**9)]
     assert got == [2, 4, 5, 32, 50, 50]  # 2 * 2^1.5 = 5.66 -> 5
 
 
 def test_length_bounds() -> None:
-    assert curriculum_length(LengthCurriculumConfig(), 0, 7) == 7  # none: L_max
-    big_start = LengthCurriculumConfig(kind="linear", start=20, alpha=0.0)
-    assert curriculum_length(big_start, 0, 7) == 7
+    assert curriculum_length("none", 0, 7) == 7  # none: L_max
+    assert curriculum_length("linear", 0, 7, start=20, alpha=0.0) == 7
     with pytest.raises(ValueError):
-        curriculum_length(big_start, 0, 0)
+        curriculum_length("linear", 0, 0, start=20, alpha=0.0)
+    with pytest.raises(ValueError, match="unknown length curriculum 'cubic'"):
+        curriculum_length("cubic", 0, 7)
 
 
 # -- dropout, difficulty, multi-task --------------------------------------------------------

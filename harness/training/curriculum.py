@@ -39,7 +39,6 @@ from lstm_harness.strict import Strict
 from lstm_harness.tasks.base import PAD, ForecastBatch, Seq2SeqBatch, Task, TaskBase, concat_batches
 from lstm_harness.training.multitask import TaskRef
 from lstm_harness.training.schedules import (
-    LengthCurriculumConfig,
     RunningAccuracy,
     curriculum_length,
     hard_fraction,
@@ -109,11 +108,10 @@ class Curriculum:
 
     def length_limit(self, step: int) -> int:
         """L_t of the length curricula."""
-        kind = self.cfg.kind.removeprefix("length_")
-        length_cfg = LengthCurriculumConfig(kind=kind, start=self.cfg.start,
-                                            alpha=self.cfg.alpha, beta=self.cfg.beta,
-                                            tau=self.cfg.tau)
-        return max(self.shortest, curriculum_length(length_cfg, step, self.longest))
+        cfg = self.cfg
+        return max(self.shortest, curriculum_length(
+            cfg.kind.removeprefix("length_"), step, self.longest, start=cfg.start,
+            alpha=cfg.alpha, beta=cfg.beta, tau=cfg.tau))
 
     # -- perplexity ordering -------------------------------------------------------------
     @property

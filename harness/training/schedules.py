@@ -89,40 +89,36 @@ def teacher_forcing_prob(cfg: SamplingConfig, step: int) -> float:
 
 # -- length curriculum ----------------------------------------------------------------------
 
-class LengthCurriculumConfig(Strict):
-    """Length-based curriculum: train on sequences no longer than L_t at step t.
+def curriculum_length(kind: str, step: int, max_len: int, start: int = 2, alpha: float = 0.01,
+                      beta: float = 2.0, tau: float = 1000.0) -> int:
+    """L_t of a length curriculum (Bengio et al. 2009): train on sequences no longer than L_t
+    at step t, with L_start = ``start`` and L_max = ``max_len`` (the task's longest length):
 
-    kind:
       - ``none``: L_t = L_max
       - ``linear``: L_t = min(L_max, L_start + alpha * t)
-      - ``exponential``: L_t = min(L_max, L_start * beta^(t / tau))  (an exponential growth,
-        capped at L_max; tau is the number of steps for one factor beta)
-    start is L_start; L_max is the task's own longest length, given at run time.
-    """
+      - ``exponential``: L_t = min(L_max, L_start * beta^(t / tau))  (tau steps per factor
+        beta)
 
-    kind: Literal["none", "linear", "exponential"] = "none"
-    start: int = Field(2, ge=1)
-    alpha: float = Field(0.01, ge=0)
-    beta: float = Field(2.0, ge=1)
-    tau: float = Field(1000.0, gt=0)
-
-
-def curriculum_length(cfg: LengthCurriculumConfig, step: int, max_len: int) -> int:
-    """L_t as an int: floor of the formula, at least 1 and at most ``max_len`` (L_max).
+    (the suite's ``train.curriculum`` with kind ``length_linear`` / ``length_exponential``
+    holds and validates the parameters). Returned as an int: floor of the formula, at least 1
+    and at most L_max.
 
     A 1e-9 slack is added before the floor so that a value that is an integer on paper
     (0.1 * 30 = 3) is not floored one below by rounding.
     """
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1 (got {max_len})")
-    if cfg.kind == "none":
+    if kind == "none":
         return max_len
     t = float(step)
-    if cfg.kind == "linear":
-        length = cfg.start + cfg.alpha * t
-    else:  # exponential, in log space so a large t cannot overflow
-        log_len = math.log(cfg.start) + (t / cfg.tau) * math.log(cfg.beta)
+    if kind == "linear":
+        length = start + alpha * t
+    elif kind == "exponential":  # in log space so a large t cannot overflow
+        log_len = math.log(start) + (t / tau) * math.log(beta)
         length = max_len if log_len >= math.log(max_len) else math.exp(log_len)
+    else:
+        raise ValueError(f"unknown length curriculum '{kind}'; allowed: none, linear, "
+                         "exponential")
     return max(1, min(max_len, math.floor(length + 1e-9)))
 
 
