@@ -11,10 +11,10 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from lstm_harness.models.losses import LossConfig
 from lstm_harness.strict import Strict
 from lstm_harness.training.clipping import ClipConfig
 from lstm_harness.training.curriculum import CurriculumConfig
-from lstm_harness.training.losses import LossConfig
 from lstm_harness.training.lr_schedules import LRScheduleConfig
 from lstm_harness.training.schedules import DropoutScheduleConfig, SamplingConfig
 from lstm_harness.training.target import TargetConfig

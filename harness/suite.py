@@ -22,10 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from lstm_harness import run_schema as rs
 from lstm_harness.config import TrialConfig, set_dotted
 from lstm_harness.head_options import head_problems
+from lstm_harness.models.losses import SEQUENCE_LOSSES
 from lstm_harness.registry import TaskLookupError, load_task_class
 from lstm_harness.search_space import Distribution, parse_distribution
 from lstm_harness.tasks.base import TaskBase, unbucketed
-from lstm_harness.training.losses import SEQUENCE_LOSSES
 from lstm_harness.trial_spec import TrialSpec, TrialTask
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"

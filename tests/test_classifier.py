@@ -15,6 +15,7 @@ from torch import nn
 from lstm_harness.config import ModelConfig
 from lstm_harness.models.classifier import SequenceClassifier
 from lstm_harness.models.factory import build_model
+from lstm_harness.models.losses import LossConfig
 from lstm_harness.models.regularization import activation_regularization
 from lstm_harness.tasks.base import (
     Direction,
@@ -24,7 +25,6 @@ from lstm_harness.tasks.base import (
     concat_batches,
 )
 from lstm_harness.training.evaluate import evaluate_sequences
-from lstm_harness.training.losses import LossConfig
 
 
 class ToyParams(TaskParams):

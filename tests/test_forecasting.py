@@ -16,14 +16,14 @@ from checkpoints import final_test_metrics, run_keeping_checkpoints
 
 import lstm_harness.trial as trial_module
 from lstm_harness.config import ModelConfig, TrainConfig
+from lstm_harness.models.accuracy import forecast_accuracy
+from lstm_harness.models.losses import LossConfig
 from lstm_harness.models.seq2seq import Forecaster
 from lstm_harness.suite import SuiteError, load_suite
 from lstm_harness.tasks.base import ForecastBatch, concat_batches
 from lstm_harness.tasks.timeseries import TimeSeriesParams, TimeSeriesTask
-from lstm_harness.training.accuracy import forecast_accuracy
 from lstm_harness.training.curriculum import Curriculum, CurriculumConfig, pool_perplexity
 from lstm_harness.training.evaluate import evaluate, evaluate_forecast
-from lstm_harness.training.losses import LossConfig
 from lstm_harness.training.techniques import Techniques
 from lstm_harness.trial import Runtime, execute_trial
 

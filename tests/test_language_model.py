@@ -14,6 +14,7 @@ from checkpoints import final_test_metrics, run_keeping_checkpoints
 from lstm_harness.config import ModelConfig
 from lstm_harness.models.dropout import embedding_dropout
 from lstm_harness.models.language_model import LanguageModel
+from lstm_harness.models.losses import LossConfig
 from lstm_harness.models.regularization import activation_regularization
 from lstm_harness.tasks.base import IGNORE, StreamBatch
 from lstm_harness.tasks.language_model import (
@@ -23,7 +24,6 @@ from lstm_harness.tasks.language_model import (
     LanguageModelTask,
 )
 from lstm_harness.training.evaluate import evaluate_stream
-from lstm_harness.training.losses import LossConfig
 from lstm_harness.trial import Runtime, execute_trial
 from lstm_harness.trial_spec import TrialSpec, TrialTask
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from lstm_harness.training.losses import (
+from lstm_harness.models.losses import (
     LossConfig,
     sequence_focal_loss,
     sequence_loss,

@@ -11,13 +11,13 @@ import yaml
 
 import lstm_harness.trial as trial_module
 from lstm_harness.config import ModelConfig
+from lstm_harness.models.losses import LossConfig, token_cross_entropy
 from lstm_harness.models.seq2seq import Seq2Seq
 from lstm_harness.suite import SuiteError, load_suite
 from lstm_harness.tasks.base import EOS, PAD, Seq2SeqBatch, pad_sequences
 from lstm_harness.tasks.copy import CopyParams, CopyTask
 from lstm_harness.training import sequence_level as sl
 from lstm_harness.training.decoding import Decoded
-from lstm_harness.training.losses import LossConfig, token_cross_entropy
 from lstm_harness.training.sequence_level import (
     SequenceObjective,
     content_lengths,

@@ -18,13 +18,13 @@ from checkpoints import final_test_metrics, run_keeping_checkpoints
 import lstm_harness.trial as trial_module
 from lstm_harness import run_schema as rs
 from lstm_harness.config import ModelConfig, TrialConfig
+from lstm_harness.models.losses import LossConfig
 from lstm_harness.models.seq2seq import Forecaster, Seq2Seq
 from lstm_harness.suite import load_suite
 from lstm_harness.tasks.base import EOS, PAD, ForecastBatch
 from lstm_harness.tasks.copy import CopyParams, CopyTask
 from lstm_harness.training.clipping import GATES, GradientClipper, gate_blocks
 from lstm_harness.training.curriculum import Curriculum, CurriculumConfig
-from lstm_harness.training.losses import LossConfig
 from lstm_harness.training.multitask import MultiTaskCurriculum
 from lstm_harness.trial import Runtime, execute_trial
 

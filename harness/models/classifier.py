@@ -31,12 +31,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from lstm_harness.config import ModelConfig
+from lstm_harness.models.accuracy import forecast_accuracy
 from lstm_harness.models.dropout import embedding_dropout
+from lstm_harness.models.losses import LossConfig, sequence_loss
 from lstm_harness.models.regularization import TrueInputs, activation_regularization
 from lstm_harness.models.seq2seq import Encoder, rates_from
 from lstm_harness.tasks.base import IGNORE, SequenceBatch, SequenceTask
-from lstm_harness.training.accuracy import forecast_accuracy
-from lstm_harness.training.losses import LossConfig, sequence_loss
 
 
 class SequenceClassifier(nn.Module):

@@ -29,14 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from lstm_harness.config import ModelConfig
+from lstm_harness.models.accuracy import token_accuracy
 from lstm_harness.models.dropout import embedding_dropout
 from lstm_harness.models.layers import State
+from lstm_harness.models.losses import LossConfig, sequence_loss
 from lstm_harness.models.regularization import TrueInputs, activation_regularization
 from lstm_harness.models.seq2seq import rates_from
 from lstm_harness.models.stack import LSTMStack
 from lstm_harness.tasks.base import IGNORE, StreamBatch
-from lstm_harness.training.accuracy import token_accuracy
-from lstm_harness.training.losses import LossConfig, sequence_loss
 
 INIT_RANGE = 0.1
 

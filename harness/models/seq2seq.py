@@ -26,13 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from lstm_harness.config import ModelConfig
+from lstm_harness.models.accuracy import forecast_accuracy, token_accuracy
 from lstm_harness.models.attention import Attention, LuongOutput
 from lstm_harness.models.dropout import DropoutRates
 from lstm_harness.models.layers import State
+from lstm_harness.models.losses import LossConfig, sequence_loss
 from lstm_harness.models.stack import LSTMStack
 from lstm_harness.tasks.base import BOS, EOS, PAD, ForecastBatch, Seq2SeqBatch
-from lstm_harness.training.accuracy import forecast_accuracy, token_accuracy
-from lstm_harness.training.losses import LossConfig, sequence_loss
 
 
 def rates_from(cfg: ModelConfig) -> DropoutRates:

@@ -9,7 +9,7 @@ task the length is the forecast horizon, so a length curriculum predicts near st
 - ``adaptive`` (README "Techniques"): a fraction p(hard) = min(1, p0 + alpha * accuracy) of
   each batch is hard (longer than the ``hard_from`` point of the length range),
   the rest easy; accuracy is a running average of training token accuracy (forecasting: the
-  share of forecast values within a quarter standard deviation, ``training/accuracy.py``).
+  share of forecast values within a quarter standard deviation, ``models/accuracy.py``).
 - ``perplexity`` (README "Techniques"; after Bengio et al. 2009): every example of the task's
   finite training pool is scored by PPL(x) = exp(-1/T sum_t log P(x_t | x_<t)) (forecasting: the
   window's mean squared error) under a pretrained model

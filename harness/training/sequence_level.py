@@ -35,9 +35,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lstm_harness.models.losses import LossConfig, token_cross_entropy
 from lstm_harness.tasks.base import EOS, PAD, Seq2SeqBatch
 from lstm_harness.training.decoding import Decoded, greedy, sample, sequence_logprob
-from lstm_harness.training.losses import LossConfig, token_cross_entropy
 from lstm_harness.training.rewards import token_reward
 
 
