@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from lstm_harness.models.dropout import DropoutRates
 from lstm_harness.models.losses import LossConfig
 from lstm_harness.strict import Strict
 from lstm_harness.training.clipping import ClipConfig
@@ -18,24 +19,6 @@ from lstm_harness.training.curriculum import CurriculumConfig
 from lstm_harness.training.lr_schedules import LRScheduleConfig
 from lstm_harness.training.schedules import DropoutScheduleConfig, SamplingConfig
 from lstm_harness.training.target import TargetConfig
-
-Rate = Field(0.0, ge=0, lt=1)
-
-
-class DropoutConfig(Strict):
-    """Rates of the dropout family (harness/models/dropout.py has the formulas)."""
-
-    input: float = Rate
-    recurrent: float = Rate
-    output: float = Rate
-    variational: bool = False
-    zoneout: float = Rate
-    zoneout_c: float = Rate
-    weight_drop: float = Rate
-    embedding: float = Field(0.0, ge=0, lt=1, description=(
-        "word-type dropout on the embedding matrix: whole rows (tokens) dropped, one mask per "
-        "batch (Gal & Ghahramani 2016; Merity et al. 2017's dropoute); language_model and "
-        "classify heads with token inputs"))
 
 
 class AttentionConfig(Strict):
@@ -69,7 +52,7 @@ class ModelConfig(Strict):
     layers: int = Field(1, ge=1)
     bidirectional: bool = False
     cell: Literal["lstm", "layernorm"] = "lstm"
-    dropout: DropoutConfig = Field(default_factory=DropoutConfig)
+    dropout: DropoutRates = Field(default_factory=DropoutRates)
     skip: Literal["none", "residual", "residual_step", "highway", "dense"] = "none"
     context: Literal["last", "hierarchical"] = "last"
     combine: Literal["concat", "sum", "mean", "project"] = "concat"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lstm_harness.config import DropoutConfig, ModelConfig
+from lstm_harness.config import ModelConfig
 from lstm_harness.models.dropout import (
     DropoutRates,
     bernoulli_mask,
@@ -87,7 +87,7 @@ def test_zero_rates_fused_stack_training_equals_eval(fused):
 @pytest.mark.parametrize("variational", [False, True])
 def test_eval_is_deterministic_with_every_rate_on(variational):
     cfg = ModelConfig(embed=5, hidden=H, layers=2, bidirectional=True,
-                      dropout=DropoutConfig(**ALL_ON, variational=variational))
+                      dropout=DropoutRates(**ALL_ON, variational=variational))
     torch.manual_seed(3)
     model = Seq2Seq(cfg, src_vocab=9, tgt_vocab=9).eval()
     src = torch.randint(3, 9, (B, T))
@@ -442,7 +442,7 @@ def test_fused_kernel_kept_with_weight_drop_input_and_output_dropout(bidirection
 
 def test_set_dropout_rates_changes_every_layer_of_a_seq2seq():
     cfg = ModelConfig(embed=5, hidden=H, layers=2, bidirectional=True,
-                      dropout=DropoutConfig(recurrent=0.2, input=0.1))
+                      dropout=DropoutRates(recurrent=0.2, input=0.1))
     model = Seq2Seq(cfg, src_vocab=9, tgt_vocab=9)
     holders = [m for m in model.modules() if isinstance(getattr(m, "rates", None), DropoutRates)]
     recurrent_layers = [m for m in model.modules()

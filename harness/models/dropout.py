@@ -22,22 +22,30 @@ dropout schedule p_t = p_0 exp(-lambda t) is applied.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-
 import torch
+from pydantic import Field
 from torch import nn
 
+from lstm_harness.strict import Strict
 
-@dataclass
-class DropoutRates:
-    input: float = 0.0
-    recurrent: float = 0.0
-    output: float = 0.0
-    zoneout: float = 0.0
-    zoneout_c: float = 0.0
-    weight_drop: float = 0.0
-    embedding: float = 0.0
+_RATE = Field(0.0, ge=0, lt=1)
+
+
+class DropoutRates(Strict):
+    """The suite's ``model.dropout`` and, copied per model, the rates every recurrent layer of
+    that model shares (changed in place by a dropout schedule; see the module)."""
+
+    input: float = _RATE
+    recurrent: float = _RATE
+    output: float = _RATE
     variational: bool = False
+    zoneout: float = _RATE
+    zoneout_c: float = _RATE
+    weight_drop: float = _RATE
+    embedding: float = Field(0.0, ge=0, lt=1, description=(
+        "word-type dropout on the embedding matrix: whole rows (tokens) dropped, one mask per "
+        "batch (Gal & Ghahramani 2016; Merity et al. 2017's dropoute); language_model and "
+        "classify heads with token inputs"))
 
     def needs_custom_step(self) -> bool:
         """Recurrent dropout and zoneout act inside the recurrence (no fused kernel)."""
@@ -46,7 +54,7 @@ class DropoutRates:
 
 def set_dropout_rates(model: nn.Module, **rates: float) -> None:
     """Change dropout rates of every recurrent layer of ``model`` in place."""
-    allowed = {f.name for f in fields(DropoutRates)}
+    allowed = set(DropoutRates.model_fields)
     for name in rates:
         if name not in allowed:
             raise ValueError(f"unknown dropout rate '{name}'; allowed: {', '.join(allowed)}")

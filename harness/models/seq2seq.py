@@ -36,10 +36,9 @@ from lstm_harness.tasks.base import BOS, EOS, PAD, ForecastBatch, Seq2SeqBatch
 
 
 def rates_from(cfg: ModelConfig) -> DropoutRates:
-    d = cfg.dropout
-    return DropoutRates(input=d.input, recurrent=d.recurrent, output=d.output,
-                        zoneout=d.zoneout, zoneout_c=d.zoneout_c, weight_drop=d.weight_drop,
-                        embedding=d.embedding, variational=d.variational)
+    """The model's own copy of the suite's dropout rates (a dropout schedule changes them in
+    place)."""
+    return cfg.dropout.model_copy()
 
 
 class Encoder(nn.Module):

@@ -4,7 +4,6 @@ schedule."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,7 +21,7 @@ from lstm_harness.training.sequence_level import SequenceObjective
 if TYPE_CHECKING:  # annotations only: the config layer sits above this one
     from lstm_harness.config import TrainConfig
 
-RATE_NAMES = [f.name for f in fields(DropoutRates) if f.name != "variational"]
+RATE_NAMES = [name for name in DropoutRates.model_fields if name != "variational"]
 
 
 class Techniques:
@@ -42,7 +41,7 @@ class Techniques:
         self.clipper = GradientClipper(cfg.clip)
         self.scheduler = make_lr_scheduler(optimizer, cfg.lr_schedule, cfg.steps)
         self.optimizer = optimizer
-        base = asdict(getattr(model, "rates", DropoutRates()))
+        base = getattr(model, "rates", DropoutRates()).model_dump()
         self.base_rates = {name: base[name] for name in RATE_NAMES if base[name] > 0}
 
     def teacher_forcing_prob(self, step: int) -> float:
