@@ -3,6 +3,12 @@
 A suite's ``base`` is a partial :class:`TrialConfig`; each axis variant overrides dotted paths
 in it. Only options that are built are accepted: an unknown name is an error that lists the
 allowed ones.
+
+One rule for where configs live: a technique's config is defined in the module that implements
+the technique (dropout rates in ``models/dropout.py``, attention in ``models/attention.py``,
+losses in ``models/losses.py``, clipping, curricula, schedules, learning-rate schedules and the
+steps-to-target measurement in ``training/``); this module only composes them into the model,
+training, monitor and trial configs.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from lstm_harness.models.attention import AttentionConfig
 from lstm_harness.models.dropout import DropoutRates
 from lstm_harness.models.losses import LossConfig
 from lstm_harness.strict import Strict
@@ -19,29 +26,6 @@ from lstm_harness.training.curriculum import CurriculumConfig
 from lstm_harness.training.lr_schedules import LRScheduleConfig
 from lstm_harness.training.schedules import DropoutScheduleConfig, SamplingConfig
 from lstm_harness.training.target import TargetConfig
-
-
-class AttentionConfig(Strict):
-    """Decoder attention over encoder states, or ``self``: intra-attention in the encoder."""
-
-    type: Literal["bahdanau", "luong", "local", "self"]
-    score: Literal["dot", "general", "concat"] | None = None
-    window: int = Field(5, ge=1)
-    coverage: bool = False
-    coverage_weight: float = Field(1.0, ge=0)
-    input_feeding: bool = True
-
-    @model_validator(mode="after")
-    def check(self) -> AttentionConfig:
-        if self.type == "bahdanau" and self.score not in (None, "concat"):
-            raise ValueError("bahdanau attention is additive: leave 'score' out "
-                             f"(got score '{self.score}')")
-        if self.type == "self" and (self.score is not None or self.coverage):
-            raise ValueError("self-attention takes neither 'score' nor 'coverage'")
-        if self.coverage and not (self.type == "bahdanau" or self.score == "concat"):
-            raise ValueError("coverage works with additive scores: type bahdanau, or luong/"
-                             "local with score concat")
-        return self
 
 
 class ModelConfig(Strict):

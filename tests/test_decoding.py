@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lstm_harness.config import AttentionConfig, ModelConfig
+from lstm_harness.config import ModelConfig
+from lstm_harness.models.attention import AttentionConfig
 from lstm_harness.models.seq2seq import DecoderState, Memory, Seq2Seq
 from lstm_harness.tasks.base import BOS, EOS, PAD, Seq2SeqBatch, pad_sequences
 from lstm_harness.training.decoding import (

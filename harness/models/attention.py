@@ -23,7 +23,33 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import Tensor, nn
+
+from lstm_harness.strict import Strict
+
+
+class AttentionConfig(Strict):
+    """Decoder attention over encoder states, or ``self``: intra-attention in the encoder."""
+
+    type: Literal["bahdanau", "luong", "local", "self"]
+    score: Literal["dot", "general", "concat"] | None = None
+    window: int = Field(5, ge=1)
+    coverage: bool = False
+    coverage_weight: float = Field(1.0, ge=0)
+    input_feeding: bool = True
+
+    @model_validator(mode="after")
+    def check(self) -> AttentionConfig:
+        if self.type == "bahdanau" and self.score not in (None, "concat"):
+            raise ValueError("bahdanau attention is additive: leave 'score' out "
+                             f"(got score '{self.score}')")
+        if self.type == "self" and (self.score is not None or self.coverage):
+            raise ValueError("self-attention takes neither 'score' nor 'coverage'")
+        if self.coverage and not (self.type == "bahdanau" or self.score == "concat"):
+            raise ValueError("coverage works with additive scores: type bahdanau, or luong/"
+                             "local with score concat")
+        return self
 
 Kind = Literal["bahdanau", "luong", "local"]
 Score = Literal["dot", "general", "concat"]
