@@ -31,14 +31,13 @@ and test sets are fixed by ``data_seed``, the same for every trial.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from functools import cached_property
 from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
 
-from lstm_harness.tasks.base import Direction, SequenceBatch, SequenceTask, TaskParams
+from lstm_harness.tasks.base import Direction, TaskParams
+from lstm_harness.tasks.generated import GeneratedSequenceTask
 
 
 class AddingParams(TaskParams):
@@ -88,7 +87,7 @@ def regression_scores(outputs: torch.Tensor, labels: torch.Tensor,
     return {"mse": mse, "success": float(mse < success_mse)}
 
 
-class AddingTask(SequenceTask):
+class AddingTask(GeneratedSequenceTask):
     """Sum the two marked values of a sequence (see the module)."""
 
     name: ClassVar[str] = "adding"
@@ -108,41 +107,9 @@ class AddingTask(SequenceTask):
     def n_outputs(self) -> int:
         return 1
 
-    @property
-    def sequence_length(self) -> int:
-        return self.params.length
-
-    @property
-    def length_bounds(self) -> tuple[int, int]:
-        p = self.params
-        return (p.length if p.min_length is None else p.min_length), p.length
-
-    def train_batch(self, step: int, batch_size: int, seed: int,
-                    lengths: tuple[int, int] | None = None) -> SequenceBatch:
-        """Fresh sequences for ``step``; lengths uniform within the (clipped) bounds."""
-        g = torch.Generator().manual_seed((seed * 1_000_003 + step) % 2**63)
-        lo, hi = self.clip_lengths(lengths)
-        sizes = torch.randint(lo, hi + 1, (batch_size,), generator=g)
-        inputs, labels = adding_examples(sizes, g)
-        variable = self.params.min_length is not None
-        return SequenceBatch(inputs, labels, torch.full((batch_size,), -1),
-                             sizes if variable else None)
-
-    @cached_property
-    def _held_out(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        p = self.params
-        out = {}
-        for split, n, offset in (("valid", p.n_valid, 0), ("test", p.n_test, 1)):
-            g = torch.Generator().manual_seed((p.data_seed + offset) % 2**63)
-            out[split] = adding_examples(torch.full((n,), p.length), g)
-        return out
-
-    def eval_batches(self, split: Literal["valid", "test"],
-                     batch_size: int) -> Iterator[SequenceBatch]:
-        inputs, labels = self._held_out[split]
-        for start in range(0, len(labels), batch_size):
-            end = min(start + batch_size, len(labels))
-            yield SequenceBatch(inputs[start:end], labels[start:end], torch.arange(start, end))
+    def examples(self, sizes: torch.Tensor, generator: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        return adding_examples(sizes, generator)
 
     def score(self, outputs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """mse = mean (yhat - y)^2 over the split; success = [mse < success_mse]."""
@@ -150,6 +117,6 @@ class AddingTask(SequenceTask):
 
     def reference_scores(self, split: Literal["valid", "test"]) -> dict[str, dict[str, float]]:
         """``memoryless``: always 1, the mean of the sum (expected mse 1/6)."""
-        labels = self._held_out[split][1]
+        labels = self.held_out[split][1]
         return {"memoryless": regression_scores(torch.ones_like(labels), labels,
                                                 self.params.success_mse)}

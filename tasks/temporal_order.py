@@ -38,15 +38,14 @@ and test sets are fixed by ``data_seed``, the same for every trial.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from functools import cached_property
 from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from lstm_harness.tasks.base import Direction, SequenceBatch, SequenceTask, TaskParams
+from lstm_harness.tasks.base import Direction, TaskParams
+from lstm_harness.tasks.generated import GeneratedSequenceTask
 from lstm_harness.tasks.pixel_sequence import classification_scores
 
 SYMBOLS = ("a", "b", "c", "d", "X", "Y", "B", "E")
@@ -107,7 +106,7 @@ def one_hot(symbols: torch.Tensor) -> torch.Tensor:
     return F.one_hot(symbols.clamp(min=0), N_SYMBOLS).float() * (symbols >= 0).unsqueeze(-1)
 
 
-class TemporalOrderTask(SequenceTask):
+class TemporalOrderTask(GeneratedSequenceTask):
     """Classify the order of two relevant symbols far apart in noise (see the module)."""
 
     name: ClassVar[str] = "temporal_order"
@@ -128,44 +127,13 @@ class TemporalOrderTask(SequenceTask):
     def n_outputs(self) -> int:
         return N_CLASSES
 
-    @property
-    def sequence_length(self) -> int:
-        return self.params.length
+    def examples(self, sizes: torch.Tensor, generator: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(symbols [N, T], labels [N]); relevant positions scaled by the shortest length."""
+        return temporal_order_examples(sizes, self.length_bounds[0], generator)
 
-    @property
-    def length_bounds(self) -> tuple[int, int]:
-        p = self.params
-        return (p.length if p.min_length is None else p.min_length), p.length
-
-    def train_batch(self, step: int, batch_size: int, seed: int,
-                    lengths: tuple[int, int] | None = None) -> SequenceBatch:
-        """Fresh sequences for ``step``; lengths uniform within the (clipped) bounds."""
-        g = torch.Generator().manual_seed((seed * 1_000_003 + step) % 2**63)
-        lo, hi = self.clip_lengths(lengths)
-        sizes = torch.randint(lo, hi + 1, (batch_size,), generator=g)
-        symbols, labels = temporal_order_examples(sizes, self.length_bounds[0], g)
-        variable = self.params.min_length is not None
-        return SequenceBatch(one_hot(symbols), labels, torch.full((batch_size,), -1),
-                             sizes if variable else None)
-
-    @cached_property
-    def _held_out(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """split -> (symbols [N, T], labels [N])."""
-        p = self.params
-        out = {}
-        for split, n, offset in (("valid", p.n_valid, 0), ("test", p.n_test, 1)):
-            g = torch.Generator().manual_seed((p.data_seed + offset) % 2**63)
-            out[split] = temporal_order_examples(torch.full((n,), p.length),
-                                                 self.length_bounds[0], g)
-        return out
-
-    def eval_batches(self, split: Literal["valid", "test"],
-                     batch_size: int) -> Iterator[SequenceBatch]:
-        symbols, labels = self._held_out[split]
-        for start in range(0, len(labels), batch_size):
-            end = min(start + batch_size, len(labels))
-            yield SequenceBatch(one_hot(symbols[start:end]), labels[start:end],
-                                torch.arange(start, end))
+    def encode(self, raw: torch.Tensor) -> torch.Tensor:
+        return one_hot(raw)
 
     def score(self, outputs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """accuracy = mean [argmax_k p_ik = y_i]; error = 1 - accuracy; success =
@@ -175,7 +143,7 @@ class TemporalOrderTask(SequenceTask):
 
     def reference_scores(self, split: Literal["valid", "test"]) -> dict[str, dict[str, float]]:
         """``majority``: the split's most frequent class, always (about 0.25 accuracy)."""
-        labels = self._held_out[split][1]
+        labels = self.held_out[split][1]
         majority = int(torch.bincount(labels, minlength=N_CLASSES).argmax())
         outputs = F.one_hot(torch.full_like(labels, majority), N_CLASSES).float()
         return {"majority": self.score(outputs, labels)}
