@@ -99,7 +99,7 @@ class TrainConfig(Strict):
         "Luong et al. 2015, Fig. 6); encoder-decoder head"))
     steps_to_target: TargetConfig | None = Field(None, description=(
         "{metric, value}: report the first evaluation step at which the validation metric "
-        "reaches value (cost.steps_to_target) and whether it did (cost.target_reached)"))
+        "reaches value (the metric steps_to_target) and whether it did (cost.target_reached)"))
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
     loss: LossConfig = Field(default_factory=LossConfig)

@@ -25,7 +25,7 @@ from lstm_harness.head_options import head_problems
 from lstm_harness.models.losses import SEQUENCE_LOSSES
 from lstm_harness.registry import TaskLookupError, load_task_class
 from lstm_harness.search_space import Distribution, parse_distribution
-from lstm_harness.tasks.base import TaskBase, unbucketed
+from lstm_harness.tasks.base import TaskBase, length_bucket_metric, unbucketed
 from lstm_harness.trial_spec import TrialSpec, TrialTask
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -442,18 +442,22 @@ def _resolve_tasks(spec: SuiteFile) -> tuple[dict[str, type[TaskBase]], list[str
 
 
 def _metric_errors(spec: SuiteFile, task_classes: dict[str, type[TaskBase]]) -> list[str]:
-    """Metrics no task reports. A per-length name ``<metric>_len<lo>-<hi>`` counts where
-    ``<metric>`` is a task's free-running metric (``train.length_buckets`` makes it), and
-    ``steps_to_target`` where a trial sets ``train.steps_to_target``."""
+    """Metrics no task reports. Per-length names ``<metric>_len<lo>-<hi>`` count for the
+    free-running metrics of sequence-to-sequence tasks and the buckets of some trial's
+    ``train.length_buckets``; ``steps_to_target`` where a trial sets
+    ``train.steps_to_target``."""
     reported = {m for cls in task_classes.values() for m in cls.metric_names()}
-    plain = {m for cls in task_classes.values() for m in cls.metrics}
-    if any(c["train"].get("steps_to_target") for _, _, c in combo_configs(spec)):
+    configs = [c["train"] for _, _, c in combo_configs(spec)]
+    if any(train.get("steps_to_target") for train in configs):
         reported.add(rs.STEPS_TO_TARGET)
+    plain = {m for cls in task_classes.values() if cls.kind == "seq2seq" for m in cls.metrics}
+    for edges in {tuple(t["length_buckets"]) for t in configs if t.get("length_buckets")}:
+        reported |= {length_bucket_metric(m, lo + 1, hi) for m in plain
+                     for lo, hi in zip(edges, edges[1:], strict=False)}
     return [f"metrics[{i}]: unknown metric '{m}'; the suite's tasks report: "
             f"{', '.join(sorted(reported))} (and <metric>_len<lo>-<hi> per source length with "
             "train.length_buckets)"
-            for i, m in enumerate(spec.metrics)
-            if m not in reported and not (m != unbucketed(m) and unbucketed(m) in plain)]
+            for i, m in enumerate(spec.metrics) if m not in reported]
 
 
 def forecast_conflicts(config: dict[str, Any]) -> list[str]:
@@ -518,10 +522,12 @@ def _target_errors(spec: SuiteFile, task_classes: dict[str, type[TaskBase]]) -> 
             continue
         metric = target["metric"].removeprefix(VALID)
         for label, cls in task_classes.items():
-            if metric != "loss" and metric not in cls.metric_names():
+            # validation reports the _tf readings; the _mc ones only the final test does
+            valid = cls.metric_names() if cls.variant_suffix == "_tf" else list(cls.metrics)
+            if metric != "loss" and metric not in valid:
                 return [f"{where}: train.steps_to_target.metric: task '{label}' does not "
-                        f"report '{metric}'; it reports: loss, "
-                        f"{', '.join(cls.metric_names())}"]
+                        f"report '{metric}' on the validation split; it reports: loss, "
+                        f"{', '.join(valid)}"]
     return []
 
 

@@ -45,7 +45,7 @@ PLUS = N_SPECIAL + 10  # source-only id of "+"; digit k is id N_SPECIAL + k
 
 
 class AdditionParams(TaskParams):
-    digits: int = Field(6, ge=1, le=18, description="target difficulty: digits of both "
+    digits: int = Field(6, ge=1, le=15, description="target difficulty: digits of both "
                         "operands in the held-out sets (and in training without a curriculum)")
     min_digits: int = Field(1, ge=1, description="easiest difficulty a curriculum may ask for")
     n_valid: int = Field(500, ge=1)

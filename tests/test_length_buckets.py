@@ -111,3 +111,15 @@ def test_a_suite_names_per_length_metrics_and_its_trials_report_them(tmp_path) -
     file.write_text(SUITE.replace("token_accuracy_len5-6", "bleu_len5-6"))
     with pytest.raises(SuiteError, match=r"metrics\[3\]: unknown metric 'bleu_len5-6'"):
         load_suite(file)
+
+
+def test_per_length_names_must_match_the_configured_buckets(tmp_path) -> None:
+    from lstm_harness.suite import SuiteError, load_suite
+
+    file = tmp_path / "buckets.yaml"
+    file.write_text(SUITE.replace("exact_match_len5-6,", "exact_match_len1-10,"))
+    with pytest.raises(SuiteError, match=r"metrics\[2\]: unknown metric 'exact_match_len1-10'"):
+        load_suite(file)
+    file.write_text(SUITE.replace(", length_buckets: [0, 4, 6]", ""))
+    with pytest.raises(SuiteError, match=r"metrics\[1\]: unknown metric 'exact_match_len1-4'"):
+        load_suite(file)

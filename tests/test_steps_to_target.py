@@ -65,7 +65,8 @@ def test_without_a_target_nothing_is_reported(tmp_path: Path) -> None:
 
 def test_an_unknown_target_metric_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SuiteError, match="train.steps_to_target.metric: task 'copy' does "
-                                         "not report 'bleu'; it reports: loss, exact_match"):
+                                         "not report 'bleu' on the validation split; it "
+                                         "reports: loss, exact_match"):
         load_suite(suite(tmp_path, {"metric": "bleu", "value": 1.0}))
 
 
@@ -77,4 +78,22 @@ def test_steps_to_target_is_a_metric_column_of_suites_that_set_a_target(tmp_path
     text = file.read_text().replace(", steps_to_target: {'metric': 'loss', 'value': 1.0}", "")
     file.write_text(text)
     with pytest.raises(SuiteError, match="unknown metric 'steps_to_target'"):
+        load_suite(file)
+
+
+def test_mc_readings_are_not_validation_metrics(tmp_path: Path) -> None:
+    file = tmp_path / "pixels.yaml"
+    file.write_text("""
+name: pixels
+tasks:
+  - {name: pixel_sequence, params: {n_valid: 50, n_test: 50}}
+base:
+  model: {hidden: 8}
+  train: {steps: 2, batch_size: 4, eval_every: 2, steps_to_target: {metric: accuracy_mc,
+                                                                     value: 0.5}}
+seeds: [0]
+metrics: [accuracy]
+""")
+    with pytest.raises(SuiteError, match="does not report 'accuracy_mc' on the validation "
+                                         "split; it reports: loss, accuracy, error"):
         load_suite(file)

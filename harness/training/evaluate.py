@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -118,6 +119,21 @@ def evaluate_forecast(model: torch.nn.Module, task: ForecastTask, split: Split,
     return metrics
 
 
+def with_mc_dropout(model: torch.nn.Module, mc_samples: int,
+                    metrics_of: Callable[[int], dict[str, float]]) -> dict[str, float]:
+    """``metrics_of(1)`` with the deterministic model (eval mode) and, for ``mc_samples`` =
+    N > 0, ``metrics_of(N)`` with every dropout mask drawn as in training, as ``<m>_mc``;
+    the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    metrics = metrics_of(1)
+    if mc_samples > 0:
+        model.train()
+        metrics.update({f"{k}_mc": v for k, v in metrics_of(mc_samples).items()})
+    model.train(was_training)
+    return metrics
+
+
 @torch.no_grad()
 def evaluate_stream(model: torch.nn.Module, task: StreamTask, split: Split, batch_size: int,
                     device: torch.device, mc_samples: int = 0) -> dict[str, float]:
@@ -129,15 +145,8 @@ def evaluate_stream(model: torch.nn.Module, task: StreamTask, split: Split, batc
     Ghahramani 2016), p^(y_t) = 1/N sum_s p_s(y_t), each of the N passes with every dropout
     mask drawn as in training and its own carried states; the standard metrics use the
     deterministic model (dropout off, zoneout's expectation)."""
-    was_training = model.training
-    model.eval()
-    metrics = _stream_metrics(model, task, split, batch_size, device, passes=1)
-    if mc_samples > 0:
-        model.train()
-        mc = _stream_metrics(model, task, split, batch_size, device, passes=mc_samples)
-        metrics.update({f"{k}_mc": v for k, v in mc.items()})
-    model.train(was_training)
-    return metrics
+    return with_mc_dropout(model, mc_samples, lambda passes: _stream_metrics(
+        model, task, split, batch_size, device, passes))
 
 
 def _stream_metrics(model: torch.nn.Module, task: StreamTask, split: Split, batch_size: int,
@@ -183,15 +192,8 @@ def evaluate_sequences(model: torch.nn.Module, task: SequenceTask, split: Split,
     p^(y) = 1/N sum_s p_s(y) for classes (the mean prediction for values), each pass with
     every dropout mask drawn as in training; the standard metrics use the deterministic
     model."""
-    was_training = model.training
-    model.eval()
-    metrics = _sequence_metrics(model, task, split, batch_size, device, passes=1)
-    if mc_samples > 0:
-        model.train()
-        mc = _sequence_metrics(model, task, split, batch_size, device, passes=mc_samples)
-        metrics.update({f"{k}_mc": v for k, v in mc.items()})
-    model.train(was_training)
-    return metrics
+    return with_mc_dropout(model, mc_samples, lambda passes: _sequence_metrics(
+        model, task, split, batch_size, device, passes))
 
 
 def _sequence_metrics(model: torch.nn.Module, task: SequenceTask, split: Split,

@@ -6,7 +6,7 @@ and LSTM need to reach a validation loss; Cooijmans et al. 2017 likewise).
 
 read at every validation evaluation (``train.eval_every``), so the resolution is
 ``eval_every`` steps. A trial that never reaches the target reports ``cost.target_reached`` 0
-and no ``cost.steps_to_target``.
+and no ``test.steps_to_target`` (the metric column ``steps_to_target``).
 """
 
 from __future__ import annotations
