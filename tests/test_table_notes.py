@@ -54,3 +54,15 @@ def test_layout_reads_grad_k_from_the_trial_configs(tmp_path) -> None:
     assert layout_for(suite).grad_k == [2.0, 5.0]
     off = load_suite(write_suite(tmp_path, {"grad_anomaly": False}, {"k": {"a": {}}}))
     assert grad_k(off) == [3.0]
+
+
+def test_a_steps_to_target_column_explains_its_empty_cells() -> None:
+    frame = runs()
+    frame["metrics.test.steps_to_target"] = [300.0, None]  # seed 1 never reached the target
+    layout = TableLayout(axes={"clip": ["a"]}, tasks=["copy"],
+                         metrics=["exact_match", rs.STEPS_TO_TARGET],
+                         directions={"exact_match": "max", rs.STEPS_TO_TARGET: "min"})
+    text = build_table(frame, layout).to_markdown()
+    assert "(in steps_to_target columns: no seed reached the target; n counts the seeds " \
+           "that did)" in text
+    assert "no seed reached the target" not in note(None)

@@ -21,7 +21,10 @@ def table_notes(table: Table, style: Style) -> list[str]:
         f"Cells: mean {style.pm} sample standard deviation (ddof = 1) of the final test metric "
         f"over seeds; n = number of seeds"
         + (f" (n = {n} unless marked (n=k))" if n else "")
-        + f"; {style.empty} = no finished trial.",
+        + f"; {style.empty} = no finished trial"
+        + (f" (in {rs.STEPS_TO_TARGET} columns: no seed reached the target; n counts the "
+           "seeds that did)" if rs.STEPS_TO_TARGET in layout.metrics else "")
+        + ".",
         f"Bold: best mean per column ({style.up} higher is better, {style.down} lower is "
         f"better; ties all bold; only columns with {style.geq} 2 non-empty rows).",
     ]
