@@ -109,11 +109,12 @@ def build_table(
         for variant in layout.axes[layout.columns]:
             in_columns |= _mask(runs, layout.columns, variant)
         in_scope &= in_columns
-    cost_keys = [
-        key
-        for key in rs.COST_METRICS
-        if METRIC_COL + key in runs.columns and runs.loc[in_scope, METRIC_COL + key].notna().any()
-    ]
+    def logged(keys) -> list[str]:
+        """The keys some in-scope run logged, in their given order."""
+        return [key for key in keys if METRIC_COL + key in runs.columns
+                and runs.loc[in_scope, METRIC_COL + key].notna().any()]
+
+    cost_keys = logged(rs.COST_METRICS)
     costs = {
         labels[combo]: {
             key: float(runs.loc[row_masks[combo] & in_scope, METRIC_COL + key].mean())
@@ -122,11 +123,7 @@ def build_table(
         for combo in combos
     }
 
-    diag_keys = [
-        key
-        for key in rs.DIAG_METRICS
-        if METRIC_COL + key in runs.columns and runs.loc[in_scope, METRIC_COL + key].notna().any()
-    ]
+    diag_keys = logged(rs.DIAG_METRICS)
     diagnostics = {
         labels[combo]: {
             key: [float(v) for v in runs.loc[row_masks[combo] & in_scope, METRIC_COL + key]
