@@ -1,29 +1,33 @@
 """Gate activation and cell-state statistics of every LSTM layer (README "Diagnostics":
 gate activation monitoring, healthy ranges, memory utilisation).
 
-:func:`gate_statistics` runs the model once (eval mode, no gradient) on a fixed batch with
-temporary forward hooks on every LSTM layer (and, for decoders that run step by step, a
-temporary wrapper of each layer's ``step``), which record each layer's actual input sequence
-x_t, its initial state and its outputs h_t. The gates are then recomputed from the layer's own
-weights, its actual inputs and its actual previous hidden states h_{t-1} (the recorded outputs,
-shifted by one step; the initial state first):
+:func:`gate_statistics` runs the model once (eval mode, no gradient) on a fixed batch and
+records each LSTM layer's actual input sequence x_t, its initial state and its outputs h_t:
+with temporary forward hooks for whole-sequence calls and, for decoders that run step by step,
+the layers' own step observers (``with layer.observe_steps(fn):``, nothing set on the module).
+Each recorded sequence is then traced through the layer's reference cell, ``layer.trace(x,
+state, lengths, outputs)``: :func:`~lstm_harness.models.cell.lstm_cell` run step by step on the
+layer's weights, its actual inputs x_t and its actual previous hidden states h_{t-1} (the
+recorded outputs, shifted by one step; the initial state first), the cell state carried from
+the recorded C_0 (:mod:`lstm_harness.models.cell` and :mod:`lstm_harness.models.layers` state
+the equations; this module has no copy of them):
 
     i_t = sigma(W_ii x_t + b_ii + b_hi + R_i(W_hi h_{t-1}))      (and f_t, o_t alike)
     g_t = tanh(W_ig x_t + b_ig + b_hg + R_g(W_hg h_{t-1}))       (the candidate C~_t)
     C_t = f_t C_{t-1} + i_t g_t                                    (from the initial state C_0)
 
 with R the identity, or for the LayerNorm LSTM (Ba et al. 2016) R_k(z) = gain_k * LN(z) +
-bias_k per gate, as :class:`~harness.models.layers.CustomLSTMLayer` computes it. Self-attention
-layers (Cheng et al. 2016) read [h_{t-1}; h~_t] with h~_t the attention over the layer's earlier
-outputs, recomputed here from the recorded outputs with the model's own
-:func:`~harness.models.attention.self_attention_context`. The highway transform gate
-T_t = sigma(W_T [h_{t-1}, x_t] + b_T) is reported as a fifth gate ``transform``.
+bias_k per gate; self-attention layers (Cheng et al. 2016) read [h_{t-1}; h~_t] with h~_t the
+attention over the layer's earlier outputs. The highway transform gate
+T_t = sigma(W_T [h_{t-1}, x_t] + b_T) is reported as a fifth gate ``transform``. A fused layer
+(nn.LSTM's kernel) is traced through the same reference step with every option off.
 
 C_t is the cell state the layer carries to the next step: with zoneout on C (``zoneout_c``,
 at evaluation its expectation) C_t = p C_{t-1} + (1 - p) (f_t C_{t-1} + i_t g_t); otherwise the
-formula above. The recomputed hidden state h_t = o_t tanh(LN(C~)) (+ highway, residual_step,
-zoneout, as the cell does) is compared with the layer's actual output: the largest difference
-is reported (``recompute_error``), a check that the recomputation follows the real cell.
+formula above. The trace's h_t = o_t tanh(LN(C_t)) (+ highway, residual_step, zoneout) is
+compared with the output the layer actually produced (the fused kernel, the compiled or
+PyTorch loop, or ``step``): the largest difference is reported (``recompute_error``), a check
+that the fast paths and the reference cell agree.
 
 Keys of the returned dict (stack: ``enc``, or ``enc0``, ``enc1``, ... with several encoder
 streams, ``dec``, or ``stack`` for a bare :class:`~harness.models.stack.LSTMStack`; k: the
@@ -40,8 +44,8 @@ layer index from 0; gate: ``input`` | ``forget`` | ``cell`` (the candidate g) | 
   Euclidean norms over the units; the ratio (denominator floored at 1e-8) averaged over the
   examples with at least 2 counted steps (NaN if none);
 - ``cells.{stack}.l{k}.norm``: mean over counted (example, step) of ||C_t||_2 (over units);
-- ``gates.{stack}.l{k}.recompute_error``: max |h_t recomputed - h_t actual| over counted steps
-  (~1e-7 in float32; larger means the recomputation no longer follows the cell);
+- ``gates.{stack}.l{k}.recompute_error``: max |h_t traced - h_t actual| over counted steps
+  (~1e-7 in float32; larger means a fast path no longer follows the reference cell);
 - ``gates.{stack}.l{k}.skipped`` = 1.0 for a layer of a kind not known here (no other keys).
 
 Counted steps: steps within each sequence's length (the ``lengths`` a layer is run with), and
@@ -59,29 +63,24 @@ Eval mode: input/output/recurrent dropout and weight-drop are off, zoneout is it
 attention run step by step (each layer's recorded steps form its sequence), without attention
 in one call over the sequence; every recorded call of a layer is pooled into its statistics.
 
-Cost: nothing unless called (no hooks stay registered); a call is one forward pass of the
-model plus one recomputation of the same size (the C recurrence a loop of pointwise steps).
+Cost: nothing unless called (no hooks or observers stay registered); a call is one forward
+pass of the model plus one step-by-step run of the reference cell of the same size.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from pydantic import model_validator
 from torch import Tensor, nn
 
 from lstm_harness import run_schema as rs
-from lstm_harness.models.attention import self_attention_context
-from lstm_harness.models.layers import (
-    BidirectionalLayer,
-    CustomLSTMLayer,
-    FusedLSTMLayer,
-    reverse_padded,
-)
+from lstm_harness.models.cell import GateTrace
+from lstm_harness.models.layers import BidirectionalLayer, CustomLSTMLayer, FusedLSTMLayer
 from lstm_harness.models.stack import LSTMStack
 from lstm_harness.strict import Strict
 from lstm_harness.tasks.base import PAD
@@ -92,16 +91,15 @@ LOW, HIGH = 0.05, 0.95  # saturation thresholds (|g| > HIGH for the tanh candida
 _EPS = 1e-8
 
 
-# -- recomputation of one direction of one layer -----------------------------------------------
-
 @dataclass
 class LayerTrace:
-    """The recomputed activations of one direction of one layer over one sequence batch.
+    """The traced activations of one direction of one layer over one sequence batch.
 
     Every tensor is [B, T, H] in the original time order (a backward direction is turned back),
     except the masks [B, T]: ``valid`` the steps the layer ran (within the length), ``counted``
     the steps in the statistics (valid, and not target padding for a decoder). ``hidden`` is
-    the recomputed h_t, ``actual`` the layer's output h_t; both are meaningful where valid."""
+    the reference cell's h_t, ``actual`` the layer's output h_t; both are meaningful where
+    valid."""
 
     gates: dict[str, Tensor]
     cells: Tensor
@@ -111,117 +109,8 @@ class LayerTrace:
     counted: Tensor
 
 
-@dataclass
-class _Cell:
-    """The weights and options of one direction of one layer."""
-
-    w_ih: Tensor
-    w_hh: Tensor
-    bias: Tensor  # b_ih + b_hh
-    hidden: int
-    ln: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
-    eps: float = 1e-5
-    highway: bool = False
-    residual_step: bool = False
-    self_attention: bool = False
-    zoneout: float = 0.0
-    zoneout_c: float = 0.0
-
-
-def _fused_cell(layer: FusedLSTMLayer, suffix: str) -> _Cell:
-    def get(name: str) -> Tensor:
-        return getattr(layer, name + suffix)
-    return _Cell(get("weight_ih"), get("weight_hh"), get("bias_ih") + get("bias_hh"),
-                 layer.hidden)
-
-
-def _custom_cell(layer: CustomLSTMLayer) -> _Cell:
-    ln = ((layer.ln_gates_gain, layer.ln_gates_bias, layer.ln_cell_gain, layer.ln_cell_bias)
-          if layer.layernorm else None)
-    # zoneout acts at evaluation as its expectation (recurrent dropout and weight-drop do not)
-    zoneout, zoneout_c = ((layer.rates.zoneout, layer.rates.zoneout_c) if not layer.training
-                          else (0.0, 0.0))
-    return _Cell(layer.weight_ih, layer.weight_hh, layer.bias_ih + layer.bias_hh, layer.hidden,
-                 ln, layer.ln_eps, layer.highway, layer.residual_step, layer.self_attention,
-                 zoneout, zoneout_c)
-
-
-@dataclass
-class _Run:
-    """One direction of one layer as it ran: x [B, T, X], h_{t-1} [B, T, H] (the initial h
-    first, then the outputs), C_0 [B, H], outputs h_t [B, T, H], valid [B, T]."""
-
-    x: Tensor
-    h_prev: Tensor
-    c0: Tensor
-    out: Tensor
-    valid: Tensor
-
-
-def _recompute(cell: _Cell, run: _Run) -> LayerTrace:
-    hid, four = cell.hidden, 4 * cell.hidden
-    h_prev = run.h_prev
-    xw = F.linear(run.x, cell.w_ih, cell.bias)  # [B, T, G H]
-    h_in = h_prev
-    if cell.self_attention:
-        steps = run.out.shape[1]
-        context = [self_attention_context(h_prev[:, t], run.out[:, :t], None)
-                   for t in range(steps)]
-        h_in = torch.cat([h_prev, torch.stack(context, 1)], dim=2)
-    rec = h_in @ cell.w_hh.t()
-    rec_gates = rec[..., :four]
-    if cell.ln is not None:
-        gain, bias = cell.ln[0], cell.ln[1]
-        normed = F.layer_norm(rec_gates.unflatten(-1, (4, hid)), (hid,), eps=cell.eps)
-        rec_gates = (normed * gain + bias).flatten(-2)
-    i, f, g, o = (xw[..., :four] + rec_gates).chunk(4, -1)
-    i, f, o, g = torch.sigmoid(i), torch.sigmoid(f), torch.sigmoid(o), torch.tanh(g)
-    gates = {"input": i, "forget": f, "cell": g, "output": o}
-    # the cell recurrence: C~_t = f C_{t-1} + i g, carried C_t after zoneout; padding keeps C
-    valid = run.valid.unsqueeze(-1)
-    c_prev = run.c0
-    c_new, c_kept = [], []
-    for t in range(i.shape[1]):
-        c = f[:, t] * c_prev + i[:, t] * g[:, t]
-        c_new.append(c)
-        if cell.zoneout_c > 0:
-            c = torch.lerp(c, c_prev, cell.zoneout_c)
-        c = torch.where(valid[:, t], c, c_prev)
-        c_kept.append(c)
-        c_prev = c
-    c_tilde = torch.stack(c_new, 1)
-    if cell.ln is not None:
-        c_tilde = F.layer_norm(c_tilde, (hid,), cell.ln[2], cell.ln[3], cell.eps)
-    h = o * torch.tanh(c_tilde)
-    if cell.highway:
-        transform = torch.sigmoid(xw[..., four:] + rec[..., four:])
-        gates["transform"] = transform
-        h = torch.lerp(h_prev, h, transform)
-    if cell.residual_step:
-        h = h_prev + h
-    if cell.zoneout > 0:
-        h = torch.lerp(h, h_prev, cell.zoneout)
-    h = torch.where(valid, h, torch.zeros_like(h))
-    return LayerTrace(gates, torch.stack(c_kept, 1), h, run.out, run.valid, run.valid)
-
-
-def _unreverse(trace: LayerTrace, lengths: Tensor | None) -> LayerTrace:
-    def back(x: Tensor) -> Tensor:
-        return reverse_padded(x, lengths)
-    return LayerTrace({k: back(v) for k, v in trace.gates.items()}, back(trace.cells),
-                      back(trace.hidden), back(trace.actual), trace.valid, trace.counted)
-
-
-def _valid_mask(batch: int, steps: int, lengths: Tensor | None, device) -> Tensor:
-    if lengths is None:
-        return torch.ones(batch, steps, dtype=torch.bool, device=device)
-    return torch.arange(steps, device=device)[None, :] < lengths.to(device)[:, None]
-
-
-def _sequence_run(x: Tensor, h0: Tensor, c0: Tensor, out: Tensor,
-                  lengths: Tensor | None) -> _Run:
-    h_prev = torch.cat([h0.unsqueeze(1), out[:, :-1]], dim=1)
-    return _Run(x, h_prev, c0, out, _valid_mask(x.shape[0], x.shape[1], lengths, x.device))
+def _with_actual(trace: GateTrace, actual: Tensor) -> LayerTrace:
+    return LayerTrace(trace.gates, trace.cells, trace.hidden, actual, trace.valid, trace.valid)
 
 
 # -- recording the layers as the model runs ----------------------------------------------------
@@ -237,29 +126,30 @@ class _Record:
         default_factory=list)  # (x_t, (h_{t-1}, C_{t-1}), h_t) of each step call
 
 
-class _Recorder:
-    """Temporary forward hooks (and ``step`` wrappers) on the given layers."""
+def _traceable(layer: nn.Module) -> bool:
+    if isinstance(layer, BidirectionalLayer):
+        return _traceable(layer.fwd) and _traceable(layer.bwd)
+    return isinstance(layer, FusedLSTMLayer | CustomLSTMLayer)
 
-    def __init__(self, sites: dict[nn.Module, Site]) -> None:
+
+class _Recorder:
+    """Temporary forward hooks and step observers on the given layers."""
+
+    def __init__(self, sites: dict[nn.Module, tuple[str, int]]) -> None:
         self.sites = sites
         self.records = {module: _Record() for module in sites}
-        self._handles: list = []
-        self._patched: list[nn.Module] = []
+        self._exit = ExitStack()
 
     def __enter__(self) -> _Recorder:
         for module, record in self.records.items():
-            self._handles.append(module.register_forward_hook(
-                self._hook(record), with_kwargs=True))
-            if "step" not in module.__dict__:  # an instance attribute over the class's method
-                object.__setattr__(module, "step", self._step(module.step, record))
-                self._patched.append(module)
+            self._exit.callback(module.register_forward_hook(
+                self._hook(record), with_kwargs=True).remove)
+            if hasattr(module, "observe_steps"):
+                self._exit.enter_context(module.observe_steps(self._observer(record)))
         return self
 
     def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        for module in self._patched:
-            object.__delattr__(module, "step")
+        self._exit.close()
 
     @staticmethod
     def _hook(record: _Record):
@@ -270,58 +160,35 @@ class _Recorder:
         return hook
 
     @staticmethod
-    def _step(original, record: _Record):
-        def step(x_t: Tensor, state):
-            out, new = original(x_t, state)
+    def _observer(record: _Record):
+        def observe(x_t: Tensor, state, new) -> None:
             record.steps.append((x_t, state, new[0]))
-            return out, new
-        return step
+        return observe
 
     def traces(self) -> dict[Site, list[LayerTrace]]:
-        """The recomputed traces per site; a fused bidirectional layer's under its (stack, k,
-        "fwd") and (stack, k, "bwd")."""
+        """Each layer's recorded calls traced through its reference cell, per site; the two
+        directions of a bidirectional layer under (stack, k, "fwd") and (stack, k, "bwd")."""
         found: dict[Site, list[LayerTrace]] = {}
         for module, record in self.records.items():
-            stack, k, direction = self.sites[module]
-            for x, state, lengths, out in record.sequences:
-                for name, trace in _sequence_traces(module, direction, x, state, lengths, out):
-                    found.setdefault((stack, k, name), []).append(trace)
-            if record.steps:
-                x = torch.stack([s[0] for s in record.steps], 1)
-                h_prev = torch.stack([s[1][0] for s in record.steps], 1)
-                out = torch.stack([s[2] for s in record.steps], 1)
-                c0 = record.steps[0][1][1]
-                valid = _valid_mask(x.shape[0], x.shape[1], None, x.device)
-                cell = (_fused_cell(module, "") if isinstance(module, FusedLSTMLayer)
-                        else _custom_cell(module))
-                found.setdefault((stack, k, direction), []).append(
-                    _recompute(cell, _Run(x, h_prev, c0, out, valid)))
+            stack, k = self.sites[module]
+            calls = list(record.sequences)
+            if record.steps:  # the step calls as one sequence from the first step's state
+                calls.append((torch.stack([s[0] for s in record.steps], 1),
+                              record.steps[0][1], None,
+                              torch.stack([s[2] for s in record.steps], 1)))
+            for x, state, lengths, out in calls:
+                traces = module.trace(x, state, lengths, out)
+                names = [None] if len(traces) == 1 else ["fwd", "bwd"]
+                width = out.shape[-1] // len(traces)
+                for d, (name, trace) in enumerate(zip(names, traces, strict=True)):
+                    actual = out[..., d * width : (d + 1) * width]
+                    found.setdefault((stack, k, name), []).append(_with_actual(trace, actual))
         return found
 
 
-def _sequence_traces(module: nn.Module, direction: str | None, x: Tensor, state,
-                     lengths: Tensor | None, out: Tensor) -> list[tuple[str | None, LayerTrace]]:
-    batch = x.shape[0]
-    if isinstance(module, FusedLSTMLayer):
-        hid, width = module.hidden, module.output_size
-        h0, c0 = state if state is not None else (x.new_zeros(batch, width),) * 2
-        forward = _recompute(_fused_cell(module, ""), _sequence_run(
-            x, h0[:, :hid], c0[:, :hid], out[..., :hid], lengths))
-        if not module.bidirectional:
-            return [(None, forward)]
-        back = _sequence_run(reverse_padded(x, lengths), h0[:, hid:], c0[:, hid:],
-                             reverse_padded(out[..., hid:], lengths), lengths)
-        backward = _unreverse(_recompute(_fused_cell(module, "_reverse"), back), lengths)
-        return [("fwd", forward), ("bwd", backward)]
-    h0, c0 = state if state is not None else (x.new_zeros(batch, module.hidden),) * 2
-    trace = _recompute(_custom_cell(module), _sequence_run(x, h0, c0, out, lengths))
-    # the backward half of a BidirectionalLayer reads the reversed sequence
-    return [(direction, _unreverse(trace, lengths) if direction == "bwd" else trace)]
-
-
-def _sites(model: nn.Module) -> tuple[dict[nn.Module, Site], list[tuple[str, int]]]:
-    """Every recorded layer (the two halves of a custom bidirectional layer separately) and
-    the (stack, k) of layers of other kinds (skipped)."""
+def _sites(model: nn.Module) -> tuple[dict[nn.Module, tuple[str, int]], list[tuple[str, int]]]:
+    """Every recorded layer with its (stack, k), and the (stack, k) of layers of other kinds
+    (skipped)."""
     if isinstance(model, LSTMStack):
         stacks = [("stack", model)]
     elif hasattr(model, "encoders") and hasattr(model, "decoder"):
@@ -332,16 +199,12 @@ def _sites(model: nn.Module) -> tuple[dict[nn.Module, Site], list[tuple[str, int
     else:
         raise TypeError(f"gate statistics need an encoder-decoder model or an LSTMStack, got "
                         f"{type(model).__name__}")
-    sites: dict[nn.Module, Site] = {}
+    sites: dict[nn.Module, tuple[str, int]] = {}
     skipped = []
     for name, stack in stacks:
         for k, layer in enumerate(stack.layers):
-            if isinstance(layer, FusedLSTMLayer | CustomLSTMLayer):
-                sites[layer] = (name, k, None)
-            elif isinstance(layer, BidirectionalLayer) and all(
-                    isinstance(half, CustomLSTMLayer) for half in (layer.fwd, layer.bwd)):
-                sites[layer.fwd] = (name, k, "fwd")
-                sites[layer.bwd] = (name, k, "bwd")
+            if _traceable(layer):
+                sites[layer] = (name, k)
             else:
                 skipped.append((name, k))
     return sites, skipped
@@ -350,16 +213,12 @@ def _sites(model: nn.Module) -> tuple[dict[nn.Module, Site], list[tuple[str, int
 def layer_traces(layer: nn.Module, x: Tensor, state=None,
                  lengths: Tensor | None = None) -> tuple[list[LayerTrace], Tensor]:
     """Run one layer (Fused, Custom or Bidirectional) on x [B, T, X] in eval mode without
-    gradient (its mode restored after) and recompute its gates: the traces (the forward
+    gradient (its mode restored after) and trace its gates: the traces (the forward
     direction first) and the layer's outputs [B, T, D]."""
-    if isinstance(layer, BidirectionalLayer):
-        sites = {layer.fwd: ("layer", 0, "fwd"), layer.bwd: ("layer", 0, "bwd")}
-    else:
-        sites = {layer: ("layer", 0, None)}
     was_training = layer.training
     layer.eval()
     try:
-        with torch.no_grad(), _Recorder(sites) as recorder:
+        with torch.no_grad(), _Recorder({layer: ("layer", 0)}) as recorder:
             out, _ = layer(x, state, lengths)
             found = recorder.traces()
     finally:
@@ -371,7 +230,7 @@ def layer_traces(layer: nn.Module, x: Tensor, state=None,
 def model_traces(model: nn.Module, batch) -> tuple[dict[Site, list[LayerTrace]],
                                                     list[tuple[str, int]]]:
     """Run ``model`` once in eval mode without gradient on ``batch`` (a Seq2SeqBatch, a
-    ForecastBatch, or for an LSTMStack x or (x, lengths)) and recompute every layer's gates;
+    ForecastBatch, or for an LSTMStack x or (x, lengths)) and trace every layer's gates;
     the model's mode is restored. Returns the traces per site and the skipped layers."""
     sites, skipped = _sites(model)
     was_training = model.training
@@ -466,7 +325,7 @@ def _recompute_error(traces: list[LayerTrace]) -> float:
 
 def traces_statistics(found: dict[Site, list[LayerTrace]],
                       skipped: list[tuple[str, int]] = ()) -> dict[str, float]:
-    """The statistics (module docstring) of recomputed traces."""
+    """The statistics (module docstring) of traced layers."""
     stats: dict[str, float] = {}
     layers: dict[tuple[str, int], dict[str, list[LayerTrace]]] = {}
     for (stack, k, direction), traces in found.items():

@@ -13,7 +13,11 @@ concatenated), and can also advance one step at a time for decoders (``begin`` +
   Except with self-attention, the whole loop is one autograd Function (:class:`SequenceLoop`)
   with a hand-written backward: no per-step autograd graph, and dW_hh as one matrix product.
 
-Gate order is nn.LSTM's (i, f, g, o), so weights copy across.
+Gate order is nn.LSTM's (i, f, g, o), so weights copy across. The per-step reference of the
+equations is :func:`~lstm_harness.models.cell.lstm_cell`; every layer's ``trace(x, state,
+lengths)`` runs it step by step over a sequence (eval mode, no gradient) and returns its gate
+activations, cell states and outputs (:class:`~lstm_harness.models.cell.GateTrace`, one per
+direction), and ``with layer.observe_steps(fn):`` reports each ``step`` call to fn.
 """
 
 from __future__ import annotations
@@ -28,9 +32,16 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lstm_harness.models import compiled_loop
 from lstm_harness.models.attention import self_attention_context
+from lstm_harness.models.cell import (
+    Activations,
+    GateTrace,
+    ObservableSteps,
+    State,
+    lstm_cell,
+    run_steps,
+)
 from lstm_harness.models.dropout import DropoutRates, bernoulli_mask, zoneout
 
-State = tuple[torch.Tensor, torch.Tensor]
 Masks = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
 
 
@@ -41,7 +52,7 @@ def init_uniform(module: nn.Module, hidden: int) -> None:
         nn.init.uniform_(p, -bound, bound)
 
 
-class FusedLSTMLayer(nn.Module):
+class FusedLSTMLayer(ObservableSteps, nn.Module):
     """nn.LSTM's kernel on explicit weights: uni- or bidirectional, optional weight-drop."""
 
     def __init__(self, input_size: int, hidden: int, bidirectional: bool,
@@ -118,7 +129,44 @@ class FusedLSTMLayer(nn.Module):
         i, f, g, o = gates.chunk(4, 1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
+        if self._step_observers:
+            self._observed(x_t, state, (h, c))
         return h, (h, c)
+
+    def trace(self, x: torch.Tensor, state: State | None = None,
+              lengths: torch.Tensor | None = None,
+              outputs: torch.Tensor | None = None) -> list[GateTrace]:
+        """The reference cell :func:`~lstm_harness.models.cell.lstm_cell` (every option off)
+        on this layer's weights, step by step over x [B, T, X] from ``state`` (zeros if None),
+        without weight-drop or gradient: one trace per direction, the forward first (the
+        backward reads each sequence reversed within its length and is turned back).
+        ``outputs`` [B, T, D]: this layer's outputs on x; each step then reads its h_{t-1}
+        from them (:func:`~lstm_harness.models.cell.run_steps`)."""
+        batch, hid = x.shape[0], self.hidden
+        h0, c0 = state if state is not None else (x.new_zeros(batch, self.output_size),) * 2
+        valid = step_mask(x.shape[1], lengths, x.device)
+        traces = []
+        with torch.no_grad():
+            for d, suffix in enumerate(["", "_reverse"][: self.directions]):
+                seq = x if d == 0 else reverse_padded(x, lengths)
+                xw = F.linear(seq.transpose(0, 1), getattr(self, "weight_ih" + suffix),
+                              getattr(self, "bias_ih" + suffix) + getattr(self, "bias_hh" + suffix))
+                w_hh_t = getattr(self, "weight_hh" + suffix).t()
+
+                def cell(t: int, xw_t: torch.Tensor, s: State, acts: Activations | None,
+                         w_hh_t: torch.Tensor = w_hh_t) -> State:
+                    return lstm_cell(xw_t, s[0], s[1], s[0], w_hh_t, activations=acts)
+                part = slice(d * hid, (d + 1) * hid)
+                given = None
+                if outputs is not None:
+                    given = outputs[..., part] if d == 0 else reverse_padded(
+                        outputs[..., part], lengths)
+                    given = given.transpose(0, 1)
+                _, _, trace = run_steps(cell, xw, (h0[:, part], c0[:, part]), valid,
+                                        trace=True, given=given)
+                traces.append(trace if d == 0 else trace.map(
+                    lambda v: reverse_padded(v, lengths)))
+        return traces
 
 
 def _per_step(x: torch.Tensor, hid: int | None = None) -> list:
@@ -331,7 +379,7 @@ class SequenceLoop(torch.autograd.Function):
         return (d_xw, gh, gc, d_w_hh, *d_ln) + (None,) * 6
 
 
-class CustomLSTMLayer(nn.Module):
+class CustomLSTMLayer(ObservableSteps, nn.Module):
     """A unidirectional LSTM layer with its own time loop.
 
     Step (Hochreiter & Schmidhuber 1997, nn.LSTM's gate order; each option changes one line):
@@ -412,11 +460,13 @@ class CustomLSTMLayer(nn.Module):
         return rec, keep_h, keep_c
 
     # -- the step --------------------------------------------------------------------------
-    def _cell(self, xw_t: torch.Tensor, state: State,
-              masks: Masks | None = None) -> State:
-        """One step; ``masks`` (this step's, from :meth:`sequence_masks`) or drawn here."""
+    def _cell(self, xw_t: torch.Tensor, state: State, masks: Masks | None = None,
+              activations: Activations | None = None) -> State:
+        """One step: :func:`~lstm_harness.models.cell.lstm_cell` on h_in (recurrent dropout,
+        self-attention) and zoneout; ``masks`` (this step's, from :meth:`sequence_masks`) or
+        drawn here; ``activations`` (if given) receives the gates."""
         h_prev, c_prev = state
-        rates, hidden = self.rates, self.hidden
+        rates = self.rates
         h_in = h_prev
         if self.training and rates.recurrent > 0:
             mask = self._rec_mask if masks is None else masks[0]
@@ -428,26 +478,8 @@ class CustomLSTMLayer(nn.Module):
             h_att = self_attention_context(h_prev, history, None) if history is not None \
                 else torch.zeros_like(h_prev)
             h_in = torch.cat([h_in, h_att], dim=1)
-        rec = h_in @ self._w_hh_t
-        if self.layernorm:
-            gates_rec = rec[:, : 4 * hidden].view(-1, 4, hidden)
-            gates_rec = F.layer_norm(gates_rec, (hidden,), eps=self.ln_eps)
-            gates_rec = gates_rec * self.ln_gates_gain + self.ln_gates_bias
-            gates = xw_t[:, : 4 * hidden] + gates_rec.view(-1, 4 * hidden)
-        else:
-            gates = xw_t[:, : 4 * hidden] + rec[:, : 4 * hidden]
-        i, f, g, o = gates.chunk(4, 1)
-        c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
-        c_out = c
-        if self.layernorm:
-            c_out = F.layer_norm(c, (hidden,), self.ln_cell_gain, self.ln_cell_bias,
-                                 self.ln_eps)
-        h = torch.sigmoid(o) * torch.tanh(c_out)
-        if self.highway:
-            transform = torch.sigmoid(xw_t[:, 4 * hidden:] + rec[:, 4 * hidden:])
-            h = transform * h + (1 - transform) * h_prev
-        if self.residual_step:
-            h = h_prev + h
+        h, c = lstm_cell(xw_t, h_prev, c_prev, h_in, self._w_hh_t, self._layernorm_params(),
+                         self.ln_eps, self.highway, self.residual_step, activations)
         if masks is not None and self.training:  # zoneout with the given masks d
             h = h if masks[1] is None else torch.lerp(h, h_prev, masks[1])
             c = c if masks[2] is None else torch.lerp(c, c_prev, masks[2])
@@ -455,6 +487,11 @@ class CustomLSTMLayer(nn.Module):
         h = zoneout(h_prev, h, rates.zoneout, self.training)
         c = zoneout(c_prev, c, rates.zoneout_c, self.training)
         return h, c
+
+    def _layernorm_params(self) -> tuple[torch.Tensor, ...] | None:
+        if not self.layernorm:
+            return None
+        return self.ln_gates_gain, self.ln_gates_bias, self.ln_cell_gain, self.ln_cell_bias
 
     def input_projection(self, x: torch.Tensor) -> torch.Tensor:
         """W' x + b for every step at once: [..., X] -> [..., blocks * H]."""
@@ -464,6 +501,8 @@ class CustomLSTMLayer(nn.Module):
         h, c = self._cell(self.input_projection(x_t), state)
         if self.self_attention:
             self._history.append(h)
+        if self._step_observers:
+            self._observed(x_t, state, (h, c))
         return h, (h, c)
 
     def forward(self, x: torch.Tensor, state: State | None = None,
@@ -474,29 +513,53 @@ class CustomLSTMLayer(nn.Module):
             zeros = x.new_zeros(batch, self.hidden)
             state = (zeros, zeros)
         xw = self.input_projection(x.transpose(0, 1))  # time-major [T, B, blocks * H]
-        valid = None
-        if lengths is not None:
-            valid = (torch.arange(steps, device=x.device)[:, None]
-                     < lengths.to(x.device)[None, :]).unsqueeze(-1)  # [T, B, 1]
+        valid = step_mask(steps, lengths, x.device)
         masks = self.sequence_masks(steps, batch, xw)
         # self-attention: only the compiled loop (the fallback is the per-step autograd loop)
         if self.fast and (not self.self_attention or compiled_loop.usable(xw)):
             return self._fast_forward(xw, state, valid, masks)
-        outputs = []
-        # unbind: one backward node for all steps (xw[t] would zero-fill a [T, B, G H] gradient
-        # for every step)
-        xw_steps = xw.unbind(0)
-        for t in range(steps):
-            new = self._cell(xw_steps[t], state, tuple(m if m is None or m.dim() == 2 else m[t]
-                                                        for m in masks))
-            if valid is not None:
-                keep = valid[t]
-                new = (torch.where(keep, new[0], state[0]), torch.where(keep, new[1], state[1]))
-            state = new
-            outputs.append(state[0])
-            if self.self_attention:
-                self._history.append(state[0])
-        return torch.stack(outputs, 1), state
+        out, state, _ = self._reference_loop(xw, state, valid, masks)
+        return out, state
+
+    def _reference_loop(self, xw: torch.Tensor, state: State, valid: torch.Tensor | None,
+                        masks: Masks, trace: bool = False, given: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, State, GateTrace | None]:
+        """:meth:`_cell` step by step through autograd (:func:`~lstm_harness.models.cell.
+        run_steps`), with each step's masks."""
+        def cell(t: int, xw_t: torch.Tensor, s: State, acts: Activations | None) -> State:
+            return self._cell(xw_t, s, tuple(m if m is None or m.dim() == 2 else m[t]
+                                             for m in masks), acts)
+        return run_steps(cell, xw, state, valid,
+                         self._history if self.self_attention else None, trace, given)
+
+    def trace(self, x: torch.Tensor, state: State | None = None,
+              lengths: torch.Tensor | None = None,
+              outputs: torch.Tensor | None = None) -> list[GateTrace]:
+        """The reference cell (:meth:`_cell`) step by step over x [B, T, X] from ``state``
+        (zeros if None), in eval mode (zoneout its expectation, no dropout) without gradient:
+        ``[trace]``. ``outputs`` [B, T, H]: this layer's outputs on x; each step then reads its
+        h_{t-1} (and self-attention its history) from them
+        (:func:`~lstm_harness.models.cell.run_steps`). The layer's mode and its decoding state
+        (``begin``) are left as they were."""
+        batch = x.shape[0]
+        if state is None:
+            state = (x.new_zeros(batch, self.hidden),) * 2
+        valid = step_mask(x.shape[1], lengths, x.device)
+        saved = {k: self.__dict__[k] for k in _DECODING_STATE if k in self.__dict__}
+        was_training = self.training
+        self.train(False)
+        try:
+            with torch.no_grad():
+                self.begin(batch, x.device)
+                xw = self.input_projection(x.transpose(0, 1))
+                given = None if outputs is None else outputs.transpose(0, 1)
+                _, _, trace = self._reference_loop(xw, state, valid, (None,) * 3, True, given)
+        finally:
+            self.train(was_training)
+            for key in _DECODING_STATE:
+                self.__dict__.pop(key, None)
+            self.__dict__.update(saved)
+        return [trace]
 
     def _fast_forward(self, xw: torch.Tensor, state: State, valid: torch.Tensor | None,
                       masks: Masks) -> tuple[torch.Tensor, State]:
@@ -521,6 +584,18 @@ class CustomLSTMLayer(nn.Module):
         else:
             out, h, c = SequenceLoop.apply(*args)
         return out, (h, c)
+
+
+_DECODING_STATE = ("_w_hh_t", "_rec_mask", "_history")  # what ``begin`` sets
+
+
+def step_mask(steps: int, lengths: torch.Tensor | None,
+              device: torch.device) -> torch.Tensor | None:
+    """[T, B, 1]: t < length (the steps a layer runs), or None without lengths."""
+    if lengths is None:
+        return None
+    return (torch.arange(steps, device=device)[:, None]
+            < lengths.to(device)[None, :]).unsqueeze(-1)
 
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -557,3 +632,20 @@ class BidirectionalLayer(nn.Module):
 
     def begin(self, batch: int, device: torch.device) -> None:
         raise ValueError("a bidirectional layer cannot decode step by step")
+
+    def trace(self, x: torch.Tensor, state: State | None = None,
+              lengths: torch.Tensor | None = None,
+              outputs: torch.Tensor | None = None) -> list[GateTrace]:
+        """Each half's ``trace`` (the backward half on the reversed sequence, turned back):
+        ``[forward, backward]``; ``outputs`` [B, T, 2H] as for the halves."""
+        half = self.fwd.output_size
+        fwd_state = bwd_state = None
+        if state is not None:
+            h, c = state
+            fwd_state, bwd_state = (h[:, :half], c[:, :half]), (h[:, half:], c[:, half:])
+        out_f = out_b = None
+        if outputs is not None:
+            out_f, out_b = outputs[..., :half], reverse_padded(outputs[..., half:], lengths)
+        (fwd,) = self.fwd.trace(x, fwd_state, lengths, out_f)
+        (bwd,) = self.bwd.trace(reverse_padded(x, lengths), bwd_state, lengths, out_b)
+        return [fwd, bwd.map(lambda v: reverse_padded(v, lengths))]
