@@ -7,8 +7,8 @@ allowed ones.
 One rule for where configs live: a technique's config is defined in the module that implements
 the technique (dropout rates in ``models/dropout.py``, attention in ``models/attention.py``,
 losses in ``models/losses.py``, clipping, curricula, schedules, learning-rate schedules and the
-steps-to-target measurement in ``training/``); this module only composes them into the model,
-training, monitor and trial configs.
+steps-to-target measurement in ``training/``, the monitors in ``diagnostics/monitor.py``); this
+module only composes them into the model, training and trial configs.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from lstm_harness.diagnostics.monitor import MonitorConfig
 from lstm_harness.models.attention import AttentionConfig
 from lstm_harness.models.dropout import DropoutRates
 from lstm_harness.models.losses import LossConfig
@@ -118,36 +119,6 @@ class TrainConfig(Strict):
                 b <= a for a, b in zip(edges, edges[1:], strict=False))):
             raise ValueError(f"length_buckets must be increasing edges >= 0 (got {edges})")
         return self
-
-
-class MonitorConfig(Strict):
-    """Training diagnostics (``harness/diagnostics/``), logged to the trial's MLflow run.
-
-    ``every`` steps on a fixed validation batch: gate statistics and health (``gates``),
-    cell-state utilisation (``cells``), the top Hessian eigenvalue, gradient predictiveness
-    and the distance from the initial weights (``curvature``). Every step: the gradient norm
-    and its anomalies (``grad_anomaly``: G_t > mu + ``grad_k`` sigma over the last
-    ``grad_window`` steps; ``grad_action`` log | skip (the update) | stop (the trial)). At the
-    end: information flow I(h_t; y_{t+k}) for k = 1..``info_k`` (``info_flow``). A NaN or Inf
-    loss or gradient always fails the trial with the step. ``inject_nan_at``: fault injection
-    for testing the harness (the loss of that step is made NaN).
-    """
-
-    gates: bool = False
-    cells: bool = False
-    grad_anomaly: bool = True
-    grad_action: Literal["log", "skip", "stop"] = "log"
-    grad_window: int = Field(100, ge=2)
-    grad_k: float = Field(3.0, gt=0)
-    curvature: bool = False
-    curvature_iters: int = Field(10, ge=1)
-    info_flow: bool = False
-    info_k: int = Field(5, ge=1)
-    every: int = Field(50, ge=1)
-    forget_range: tuple[float, float] = (0.3, 0.7)
-    input_range: tuple[float, float] = (0.2, 0.6)
-    output_range: tuple[float, float] = (0.2, 0.8)
-    inject_nan_at: int | None = Field(None, ge=0)
 
 
 class TrialConfig(Strict):

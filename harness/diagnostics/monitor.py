@@ -1,4 +1,5 @@
-"""The monitors a trial switches on (``monitor:`` in a suite), bundled for the training loop.
+"""The monitors a trial switches on (``monitor:`` in a suite, :class:`MonitorConfig`), bundled
+for the training loop.
 
 The loop calls, in order: :meth:`Monitors.check_loss` before backward (fault injection),
 :meth:`Monitors.after_backward` after it (a non-finite loss or gradient always raises; the
@@ -13,9 +14,10 @@ nothing: the periodic and final work is skipped and the gradient norm is not com
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 
 from lstm_harness import run_schema as rs
 from lstm_harness.diagnostics.gates import HealthyRanges, gate_health, gate_statistics, unhealthy
@@ -34,14 +36,43 @@ from lstm_harness.diagnostics.landscape import (
     snapshot,
     top_hessian_eigenvalue,
 )
+from lstm_harness.strict import Strict
 from lstm_harness.tasks.base import PAD, ForecastBatch, TaskBase, concat_batches
-
-if TYPE_CHECKING:  # annotations only: the config layer sits above this one
-    from lstm_harness.config import MonitorConfig
 
 GATE_KEY = re.compile(rs.GATE_KEY_PATTERN)
 MONITOR_BATCH = 32  # validation examples the gate, cell and curvature monitors read
 INFO_EXAMPLES = 256  # validation examples the information-flow probe reads (half to fit)
+
+
+class MonitorConfig(Strict):
+    """Training diagnostics (``harness/diagnostics/``), logged to the trial's MLflow run
+    (``monitor:`` of a trial config: :class:`~lstm_harness.config.TrialConfig` composes it).
+
+    ``every`` steps on a fixed validation batch: gate statistics and health (``gates``),
+    cell-state utilisation (``cells``), the top Hessian eigenvalue, gradient predictiveness
+    and the distance from the initial weights (``curvature``). Every step: the gradient norm
+    and its anomalies (``grad_anomaly``: G_t > mu + ``grad_k`` sigma over the last
+    ``grad_window`` steps; ``grad_action`` log | skip (the update) | stop (the trial)). At the
+    end: information flow I(h_t; y_{t+k}) for k = 1..``info_k`` (``info_flow``). A NaN or Inf
+    loss or gradient always fails the trial with the step. ``inject_nan_at``: fault injection
+    for testing the harness (the loss of that step is made NaN).
+    """
+
+    gates: bool = False
+    cells: bool = False
+    grad_anomaly: bool = True
+    grad_action: Literal["log", "skip", "stop"] = "log"
+    grad_window: int = Field(100, ge=2)
+    grad_k: float = Field(3.0, gt=0)
+    curvature: bool = False
+    curvature_iters: int = Field(10, ge=1)
+    info_flow: bool = False
+    info_k: int = Field(5, ge=1)
+    every: int = Field(50, ge=1)
+    forget_range: tuple[float, float] = (0.3, 0.7)
+    input_range: tuple[float, float] = (0.2, 0.6)
+    output_range: tuple[float, float] = (0.2, 0.8)
+    inject_nan_at: int | None = Field(None, ge=0)
 
 
 class Monitors:

@@ -16,13 +16,18 @@ The fused kernel is used for every layer unless the cell or a technique needs it
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lstm_harness.config import ModelConfig
 from lstm_harness.models.dropout import DropoutRates, bernoulli_mask, sequence_dropout
 from lstm_harness.models.layers import BidirectionalLayer, CustomLSTMLayer, FusedLSTMLayer, State
+
+if TYPE_CHECKING:  # annotations only: the config layer composes the monitor configs, which
+    # import this module (diagnostics/gates.py)
+    from lstm_harness.config import ModelConfig
 
 
 def needs_custom_step(cfg: ModelConfig, rates: DropoutRates, self_attention: bool) -> bool:
