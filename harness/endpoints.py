@@ -9,6 +9,7 @@ address where nothing listens retries for minutes before it gives up.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from urllib.parse import urlsplit
 
@@ -83,9 +84,12 @@ def is_loopback(host: str) -> bool:
 
 def ray_address_problem(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
     """Why ``ray.init(address=...)`` would not reach a cluster (None: the head answers, or no
-    address was given). ``auto`` is looked up as Ray does ($RAY_ADDRESS, then the address
-    file of the last ``ray start`` on this machine); ``127.0.0.1`` is taken to the node's
-    address as Ray does; ``ray://host[:port]`` is a Ray Client server (port 10001)."""
+    address was given, or there is nothing to check before ``ray.init``). ``auto`` is
+    ``$RAY_ADDRESS`` when set, as Ray reads it; without it ``ray.init`` itself looks up the
+    last ``ray start`` on this machine and raises ``ConnectionError`` at once when there is
+    none. ``127.0.0.1`` / ``localhost`` are taken to the node's address
+    (``ray.util.get_node_ip_address``) as Ray does; ``ray://host[:port]`` is a Ray Client
+    server (port 10001)."""
     if address is None or address == "local":
         return None
     if address.startswith("ray://"):
@@ -94,22 +98,17 @@ def ray_address_problem(address: str | None, timeout: float = CONNECT_TIMEOUT_S)
         except ValueError as exc:
             return str(exc)
         return tcp_problem(host, port, timeout)
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS", "")
+        if address in ("", "auto", "local"):
+            return None
     try:
-        from ray._private.services import canonicalize_bootstrap_address
-    except ImportError:  # Ray moved it: check the address as given
-        canonical = address if address != "auto" else None
-    else:
-        try:
-            canonical = canonicalize_bootstrap_address(address)
-        except ConnectionError as exc:  # "auto" and no cluster started on this machine
-            return str(exc).strip().splitlines()[0]
-        except ValueError:
-            return f"'{address}': expected host:port (the head's GCS, port {RAY_GCS_PORT} " \
-                   "by default), ray://host:port, or auto"
-    if canonical is None:
-        return None
-    try:
-        host, port = split_host_port(canonical)
-    except ValueError as exc:
-        return str(exc)
+        host, port = split_host_port(address)
+    except ValueError:
+        return f"'{address}': expected host:port (the head's GCS, port {RAY_GCS_PORT} " \
+               "by default), ray://host:port, or auto"
+    if host in ("127.0.0.1", "localhost"):
+        from ray.util import get_node_ip_address
+
+        host = get_node_ip_address()
     return tcp_problem(host, port, timeout)
