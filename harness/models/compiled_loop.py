@@ -168,6 +168,15 @@ def _unit_stride(m: torch.Tensor | None, steps: int, batch: int, hid: int,
     return m
 
 
+def _keep_graph() -> bool:
+    """Whether the running backward retains the graph (True where torch cannot say)."""
+    query = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    try:
+        return True if query is None else bool(query())
+    except RuntimeError:
+        return True
+
+
 class CompiledSequenceLoop(torch.autograd.Function):
     """:class:`~lstm_harness.models.layers.SequenceLoop` with its loop in C++: the same inputs
     (time-major ``xw`` [T, B, G H], ``h0``, ``c0``, ``w_hh``, the four LayerNorm parameters or
@@ -177,9 +186,13 @@ class CompiledSequenceLoop(torch.autograd.Function):
     beta = softmax_k(h_k . h_{t-1}) over the earlier outputs (Cheng et al. 2016), ``w_hh``
     [G H, 2 H] (the layer's per-step autograd loop is its fallback).
 
-    With layernorm the backward writes dL/d(h_in W_hh^T) over the saved normalised gates x^
-    (no extra [T, B, G H] buffer); a repeat backward through a retained graph first recomputes
-    x^ = (h_in W_hh^T - mean) * rstd from the saved h_in and statistics."""
+    Memory: the forward keeps h, C, the activations [T, B, G H] (and with layernorm x^ and the
+    statistics), not tanh(LN(C~)), which the backward recomputes. The buffers are saved tensors,
+    so autograd frees them once this backward has run. With layernorm the backward writes
+    dL/d(h_in W_hh^T) over the saved normalised gates x^; a repeat backward through a retained
+    graph first recomputes x^ = (h_in W_hh^T - mean) * rstd from the saved h_in and statistics.
+    The last backward (graph not retained) writes dL/d(pre) over the activations: no new
+    [T, B, G H] buffer."""
 
     @staticmethod
     def forward(ctx, xw, h0, c0, w_hh, gates_gain, gates_bias, cell_gain, cell_bias,
@@ -196,9 +209,11 @@ class CompiledSequenceLoop(torch.autograd.Function):
                                  bool(self_attention))
         hs, cs = buffers[0], buffers[1]
         out = hs[1:].transpose(0, 1)
-        # out is saved so that autograd refuses a backward after an in-place change of it
-        ctx.save_for_backward(w_hh, gates_gain, cell_gain, out)
-        ctx.buffers = buffers, masks
+        # out is saved so that autograd refuses a backward after an in-place change of it; the
+        # buffers are saved tensors too, so that autograd frees them as soon as this backward
+        # has run (not when the graph dies), unless the graph is retained
+        ctx.save_for_backward(w_hh, gates_gain, cell_gain, cell_bias, out, *buffers, *masks)
+        ctx.n_buffers = len(buffers)
         ctx.options = bool(highway), bool(residual_step)
         ctx.spent = False
         ctx.n_options = 6 if self_attention is None else 7  # inputs with no gradient
@@ -207,22 +222,26 @@ class CompiledSequenceLoop(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_h, d_c):
-        w_hh, gates_gain, cell_gain, _ = ctx.saved_tensors
-        (hs, cs, acts, tanh_c, c_new, h_in, xhat, rstd_g, mean_g, mean_c, rstd_c,
-         beta), masks = ctx.buffers
+        saved = ctx.saved_tensors
+        w_hh, gates_gain, cell_gain, cell_bias, _ = saved[:5]
+        buffers, masks = saved[5 : 5 + ctx.n_buffers], saved[5 + ctx.n_buffers :]
+        (hs, cs, acts, c_new, h_in, xhat, rstd_g, mean_g, mean_c, rstd_c, beta) = buffers
         if ctx.spent and xhat is not None:  # a retained graph: x^ was overwritten, recompute
-            # it with the forward's own per-step products (bitwise the same values)
+            # it with the forward's own per-step products (bitwise the same values); through
+            # .data, so that the saved tensor's version (checked on unpacking) stays
             steps, batch, _ = acts.shape
             hid = hs.shape[2]
             w_t = w_hh.t()
             for t in range(steps):
                 rec = (h_in[t] @ w_t)[:, : 4 * hid].view(batch, 4, hid)
-                xhat[t, :, : 4 * hid] = ((rec - mean_g[t].unsqueeze(-1))
-                                         * rstd_g[t].unsqueeze(-1)).view(batch, 4 * hid)
+                xhat.data[t, :, : 4 * hid] = ((rec - mean_g[t].unsqueeze(-1))
+                                              * rstd_g[t].unsqueeze(-1)).view(batch, 4 * hid)
         ctx.spent = True
-        grads = _load().backward(d_out, d_h, d_c, w_hh, gates_gain, cell_gain, *masks,
-                                 *ctx.options, hs, cs, acts, tanh_c, c_new, h_in, xhat, rstd_g,
-                                 mean_c, rstd_c, beta)
+        # the last backward through this graph writes dL/d(pre) over the activations
+        last = not _keep_graph()
+        grads = _load().backward(d_out, d_h, d_c, w_hh, gates_gain, cell_gain, cell_bias, *masks,
+                                 *ctx.options, hs, cs, acts, c_new, h_in, xhat, rstd_g, mean_c,
+                                 rstd_c, beta, last)
         return tuple(grads) + (None,) * ctx.n_options
 
 

@@ -10,6 +10,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -156,7 +157,8 @@ std::vector<Tensor> loop_forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, O
   Tensor h_in = attention ? at::empty({T, B, 2 * H}, opts)
                           : has_mask ? at::empty({T, B, H}, opts) : hs.narrow(0, 0, T);
   Tensor beta = attention ? at::zeros({T, B, T}, opts) : Tensor();
-  Tensor acts = at::empty({T, B, W}, opts), tanh_c = at::empty({T, B, H}, opts);
+  // tanh(LN(C~)) only for this step: the backward recomputes it from C~ (and the statistics)
+  Tensor acts = at::empty({T, B, W}, opts), tanh_c = at::empty({B, H}, opts);
   Tensor xhat, rstd_g, mean_g, mean_c, rstd_c, gg, gb, cg, cb;
   if (ln) {
     xhat = at::empty({T, B, W}, opts);
@@ -234,7 +236,7 @@ std::vector<Tensor> loop_forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, O
           a.c = cs_p + nh;
           a.c_new = has_keep_c ? cn_p + rh : cs_p + nh;
           a.acts = act_p + rw;
-          a.tanh_c = tc_p + rh;
+          a.tanh_c = tc_p + b * H;
           a.xhat = ln ? xh_p + rw : nullptr;
           a.rstd_g = ln ? rg_p + (t * B + b) * 4 : nullptr;
           a.mean_g = ln ? mg_p + (t * B + b) * 4 : nullptr;
@@ -254,14 +256,15 @@ std::vector<Tensor> loop_forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, O
       });
     }
   });
-  return {hs, cs, acts, tanh_c, c_new, h_in, xhat, rstd_g, mean_g, mean_c, rstd_c, beta};
+  return {hs, cs, acts, c_new, h_in, xhat, rstd_g, mean_g, mean_c, rstd_c, beta};
 }
 
 std::vector<Tensor> loop_backward(Tensor d_out, Tensor d_h, Tensor d_c, Tensor w_hh,
-                                  Opt gates_gain, Opt cell_gain, Opt rec_mask, Opt keep_h,
-                                  Opt keep_c, bool highway, bool residual, Tensor hs, Tensor cs,
-                                  Tensor acts, Tensor tanh_c, Tensor c_new, Tensor h_in,
-                                  Opt xhat, Opt rstd_g, Opt mean_c, Opt rstd_c, Opt beta) {
+                                  Opt gates_gain, Opt cell_gain, Opt cell_bias, Opt rec_mask,
+                                  Opt keep_h, Opt keep_c, bool highway, bool residual, Tensor hs,
+                                  Tensor cs, Tensor acts, Tensor c_new, Tensor h_in,
+                                  Opt xhat, Opt rstd_g, Opt mean_c, Opt rstd_c, Opt beta,
+                                  bool reuse_acts) {
   const int64_t T = acts.size(0), B = acts.size(1), W = acts.size(2), H = hs.size(2);
   const bool ln = gates_gain.has_value() && gates_gain->defined();
   auto opts = acts.options();
@@ -278,12 +281,15 @@ std::vector<Tensor> loop_backward(Tensor d_out, Tensor d_h, Tensor d_c, Tensor w
   const int64_t K = attention ? 2 * H : H;  // width of the recurrent input
   Tensor gh_prev = at::zeros({B, H}, opts), gc = d_c.clone(), d_h_in = at::zeros({B, K}, opts);
   Tensor d_beta = attention ? at::empty({B, T}, opts) : Tensor();
-  Tensor scratch = at::empty({B, 4 * H}, opts);
-  Tensor d_pre = at::empty({T, B, W}, opts);
-  Tensor gg, cg, dgg, dcg, dcb, xh, rg, mc, rc;
+  // reuse_acts (the graph is not retained): dL/d(pre) overwrites the activations, each row's
+  // copied to the scratch first (it is the last reader of them)
+  Tensor scratch = at::empty({B, 5 * H + (reuse_acts ? W : 0)}, opts);
+  Tensor d_pre = reuse_acts ? acts : at::empty({T, B, W}, opts);
+  Tensor gg, cg, cb, dgg, dcg, dcb, xh, rg, mc, rc;
   if (ln) {
     gg = gates_gain->contiguous();
     cg = cell_gain->contiguous();
+    cb = cell_bias->contiguous();
     dgg = at::zeros({B, 4 * H}, opts);
     dcg = at::zeros({B, H}, opts);
     dcb = at::zeros({B, H}, opts);
@@ -307,13 +313,13 @@ std::vector<Tensor> loop_backward(Tensor d_out, Tensor d_h, Tensor d_c, Tensor w
     T_* gc_p = gc.data_ptr<T_>();
     const T_* act_p = acts.data_ptr<T_>();
     T_* dpre_p = d_pre.data_ptr<T_>();
-    const T_* tc_p = tanh_c.data_ptr<T_>();
     const T_* hs_p = hs.data_ptr<T_>();
     const T_* cs_p = cs.data_ptr<T_>();
     const T_* cn_p = c_new.data_ptr<T_>();
     const T_* mc_p = ln ? mc.data_ptr<T_>() : nullptr;
     const T_* rc_p = ln ? rc.data_ptr<T_>() : nullptr;
     const T_* cg_p = ln ? cg.data_ptr<T_>() : nullptr;
+    const T_* cb_p = ln ? cb.data_ptr<T_>() : nullptr;
     const T_* gg_p = ln ? gg.data_ptr<T_>() : nullptr;
     T_* xh_p = ln ? xh.data_ptr<T_>() : nullptr;
     const T_* rg_p = ln ? rg.data_ptr<T_>() : nullptr;
@@ -341,15 +347,21 @@ std::vector<Tensor> loop_backward(Tensor d_out, Tensor d_h, Tensor d_c, Tensor w
           a.gc = gc_p + b * H;
           a.keep_h = kh.row<T_>(t, b);
           a.keep_c = kc.row<T_>(t, b);
-          a.acts = act_p + rw;
+          if (reuse_acts) {
+            T_* copy = scratch_p + b * S + 5 * H;
+            std::copy(act_p + rw, act_p + rw + W, copy);
+            a.acts = copy;
+          } else {
+            a.acts = act_p + rw;
+          }
           a.d_pre = dpre_p + rw;
-          a.tanh_c = tc_p + rh;
           a.h_prev = hs_p + rh;
           a.c_prev = cs_p + rh;
           a.c_new = cn_p + cn_t * t + cn_b * b;
           a.mean_c = ln ? mc_p + t * B + b : nullptr;
           a.rstd_c = ln ? rc_p + t * B + b : nullptr;
           a.cell_gain = cg_p;
+          a.cell_bias = cb_p;
           a.gates_gain = gg_p;
           a.xhat = ln ? xh_p + rw : nullptr;
           a.rstd_g = ln ? rg_p + (t * B + b) * 4 : nullptr;

@@ -183,7 +183,17 @@ static void backward_row(const BackwardRow<T>& a) {
   T* __restrict__ ghp = a.gh_prev;
   T* __restrict__ gc = a.gc;
   T* __restrict__ dch = a.scratch;  // dL/d(tanh argument) * o (1 - tanh^2) = dL/dC^
-  const T* __restrict__ tc = a.tanh_c;
+  T* __restrict__ tc = a.scratch + 4 * H;  // tanh(LN(C~)), recomputed (the forward's formula)
+  if (a.layernorm) {
+    const T mean = *a.mean_c, rstd = *a.rstd_c;
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) {
+      tc[j] = tanh_cell_((a.c_new[j] - mean) * rstd * a.cell_gain[j] + a.cell_bias[j]);
+    }
+  } else {
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) tc[j] = tanh_cell_(a.c_new[j]);
+  }
   T* __restrict__ gh = a.scratch + H;  // dL/dh~ (after the skip paths)
   const T* __restrict__ o = act + 3 * H;
   const T* __restrict__ tr = act + four;

@@ -16,7 +16,7 @@ struct ForwardRow {
   T* c;               // [H] C_t (after zoneout)
   T* c_new;           // [H] C~ (== c without zoneout on c)
   T* acts;            // [W] sigma(i), sigma(f), tanh(g), sigma(o) [, sigma(T)]
-  T* tanh_c;          // [H] tanh(LN(C~)) or tanh(C~)
+  T* tanh_c;          // [H] tanh(LN(C~)) or tanh(C~) (this step's scratch)
   T* xhat;            // [W] LN: normalised recurrent gates (first 4H)
   T* rstd_g;          // [4] LN
   T* mean_g;          // [4] LN
@@ -42,12 +42,12 @@ struct BackwardRow {
   const T* keep_h; const T* keep_c;
   const T* acts;      // [W] activations
   T* d_pre;           // [W] out: dL/d(pre)
-  const T* tanh_c; const T* h_prev; const T* c_prev; const T* c_new;
-  const T* mean_c; const T* rstd_c; const T* cell_gain; const T* gates_gain;
+  const T* h_prev; const T* c_prev; const T* c_new;
+  const T* mean_c; const T* rstd_c; const T* cell_gain; const T* cell_bias; const T* gates_gain;
   T* xhat;            // [W] LN: in x^ of the gates; out: dL/d(h_in W_hh^T)
   const T* rstd_g;
   T* d_gates_gain;    // [4H] per-row sums
   T* d_cell_gain;     // [H]
   T* d_cell_bias;     // [H]
-  T* scratch;         // [4H]
+  T* scratch;         // [5H]
 };
