@@ -308,6 +308,23 @@ def test_self_attention_compiled_equals_autograd_loop(cell, rates, dtype):
 
 
 @needs_compiled
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
+def test_self_attention_at_benchmark_width(dtype):
+    """H = 64 (the benchmark's width: the attention's vector kernels with four history rows at
+    a time and their tails), zoneout and recurrent dropout, padded, vs the autograd loop."""
+    torch.manual_seed(3)
+    batch, steps, hid = 5, 11, 64
+    layer = CustomLSTMLayer(8, hid, RATES["all"], self_attention=True).to(dtype)
+    x = torch.randn(batch, steps, 8, dtype=dtype)
+    state = (torch.randn(batch, hid, dtype=dtype), torch.randn(batch, hid, dtype=dtype))
+    lengths = torch.tensor([11, 4, 9, 1, 10])
+    fast = layer_run(layer, x, state, lengths, seed=2)
+    layer.fast = False
+    slow = layer_run(layer, x, state, lengths, seed=2)
+    assert_close(fast, slow, 1e-5 if dtype == F32 else 1e-12)
+
+
+@needs_compiled
 @pytest.mark.parametrize("cell", [{}, {"layernorm": True, "highway": True}], ids=cell_id)
 @pytest.mark.parametrize("masks", ["none", "per_step", "keep", "all"])
 def test_self_attention_gradcheck(cell, masks):

@@ -135,6 +135,14 @@ int64_t grain(int64_t width) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, width));
 }
 
+// rows per task of the self-attention at step t: about 2 t H multiply-adds per row (scores and
+// context, or in the backward the scores' and the updates' passes), so the history of step t
+// splits over the threads once t H is large enough; each thread then keeps its rows' history
+// in its own cache (ATen's static split gives a thread the same rows every step)
+int64_t attention_grain(int64_t t, int64_t H) {
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, 2 * t * H));
+}
+
 std::vector<Tensor> loop_forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, Opt gates_gain,
                                  Opt gates_bias, Opt cell_gain, Opt cell_bias, Opt rec_mask,
                                  Opt keep_h, Opt keep_c, bool highway, bool residual,
@@ -157,6 +165,9 @@ std::vector<Tensor> loop_forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, O
   Tensor h_in = attention ? at::empty({T, B, 2 * H}, opts)
                           : has_mask ? at::empty({T, B, H}, opts) : hs.narrow(0, 0, T);
   Tensor beta = attention ? at::zeros({T, B, T}, opts) : Tensor();
+  // the attention's history batch-major, [B, T, H]: each row's earlier outputs one contiguous
+  // block (streamed), rather than H-wide pieces B H apart in hs
+  Tensor hist = attention ? at::empty({B, T, H}, opts) : Tensor();
   // tanh(LN(C~)) only for this step: the backward recomputes it from C~ (and the statistics)
   Tensor acts = at::empty({T, B, W}, opts), tanh_c = at::empty({B, H}, opts);
   Tensor xhat, rstd_g, mean_g, mean_c, rstd_c, gg, gb, cg, cb;
@@ -200,9 +211,10 @@ std::vector<Tensor> loop_forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, O
     const T_* cg_p = ln ? cg.data_ptr<T_>() : nullptr;
     const T_* cb_p = ln ? cb.data_ptr<T_>() : nullptr;
     T_* beta_p = attention ? beta.data_ptr<T_>() : nullptr;
+    T_* hist_p = attention ? hist.data_ptr<T_>() : nullptr;
     for (int64_t t = 0; t < T; ++t) {
       if (attention) {  // [m_t h_{t-1}, ctx_t] for every row
-        at::parallel_for(0, B, std::max<int64_t>(1, grain(W) / 4), [&](int64_t b0, int64_t b1) {
+        at::parallel_for(0, B, attention_grain(t, H), [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
             const T_* q = hs_p + (t * B + b) * H;
             T_* row = hin_p + (t * B + b) * 2 * H;
@@ -211,8 +223,9 @@ std::vector<Tensor> loop_forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, O
             if (t == 0) {
               for (int64_t j = 0; j < H; ++j) row[H + j] = T_(0);
             } else {
-              run_attention_forward<T_>(q, hs_p + (B + b) * H, B * H, t, H,
-                                        beta_p + (t * B + b) * T, row + H);
+              T_* mine = hist_p + b * T * H;
+              std::copy(q, q + H, mine + (t - 1) * H);
+              run_attention_forward<T_>(q, mine, H, t, H, beta_p + (t * B + b) * T, row + H);
             }
           }
         });
@@ -281,6 +294,8 @@ std::vector<Tensor> loop_backward(Tensor d_out, Tensor d_h, Tensor d_c, Tensor w
   const int64_t K = attention ? 2 * H : H;  // width of the recurrent input
   Tensor gh_prev = at::zeros({B, H}, opts), gc = d_c.clone(), d_h_in = at::zeros({B, K}, opts);
   Tensor d_beta = attention ? at::empty({B, T}, opts) : Tensor();
+  // the history batch-major, as the forward read it
+  Tensor hist = attention ? hs.narrow(0, 1, T).transpose(0, 1).contiguous() : Tensor();
   // reuse_acts (the graph is not retained): dL/d(pre) overwrites the activations, each row's
   // copied to the scratch first (it is the last reader of them)
   Tensor scratch = at::empty({B, 5 * H + (reuse_acts ? W : 0)}, opts);
@@ -377,9 +392,10 @@ std::vector<Tensor> loop_backward(Tensor d_out, Tensor d_h, Tensor d_c, Tensor w
         T_* d_out_w = d_out.data_ptr<T_>();
         const T_* beta_p = beta->data_ptr<T_>();
         T_* db_p = d_beta.data_ptr<T_>();
-        at::parallel_for(0, B, std::max<int64_t>(1, grain(W) / 4), [&](int64_t b0, int64_t b1) {
+        const T_* hist_p = hist.data_ptr<T_>();
+        at::parallel_for(0, B, attention_grain(t, H), [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
-            run_attention_backward<T_>(hs_p + (t * B + b) * H, hs_p + (B + b) * H, B * H, t, H,
+            run_attention_backward<T_>(hs_p + (t * B + b) * H, hist_p + b * T * H, H, t, H,
                                        beta_p + (t * B + b) * T, d_h_in_p + b * K + H,
                                        d_out_w + b * so_b, so_t, db_p + b * T);
           }

@@ -353,22 +353,125 @@ static inline T dot_(const T* __restrict__ x, const T* __restrict__ y, int64_t n
 static inline float exp_(float x) { return exp_approx(x); }
 static inline double exp_(double x) { return __builtin_exp(x); }
 
+// Explicit 32-byte vectors (GCC vector extensions: AVX registers in the x86-64-v3 copy, SSE
+// pairs in the baseline one) for widths H that are a multiple of two vectors: the scores four
+// history rows at a time (four independent FMA chains), and ctx / dq accumulated in registers
+// over the history (not loaded and stored back once per history row).
+template <typename T>
+struct Vec {
+  typedef T type __attribute__((vector_size(32)));
+  static constexpr int64_t L = 32 / sizeof(T);
+};
+
+template <typename T>
+static inline typename Vec<T>::type load_(const T* p) {
+  typename Vec<T>::type v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T>
+static inline void store_(T* p, typename Vec<T>::type v) {
+  __builtin_memcpy(p, &v, sizeof(v));
+}
+
+template <typename T>
+static inline T lanes_(typename Vec<T>::type v) {
+  T s = T(0);
+  for (int64_t l = 0; l < Vec<T>::L; ++l) s += v[l];
+  return s;
+}
+
+// out[k] = h_k . y for k < t (h_k = x + k * stride); H a multiple of L
+template <typename T>
+static inline void dots_vec_(const T* x, int64_t stride, const T* y, int64_t H, int64_t t,
+                             T* out) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t L = Vec<T>::L;
+  int64_t k = 0;
+  for (; k + 4 <= t; k += 4) {
+    const T* x0 = x + k * stride;
+    const T* x1 = x0 + stride;
+    const T* x2 = x1 + stride;
+    const T* x3 = x2 + stride;
+    V a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    for (int64_t j = 0; j < H; j += L) {
+      const V yv = load_(y + j);
+      a0 += load_(x0 + j) * yv;
+      a1 += load_(x1 + j) * yv;
+      a2 += load_(x2 + j) * yv;
+      a3 += load_(x3 + j) * yv;
+    }
+    out[k] = lanes_<T>(a0);
+    out[k + 1] = lanes_<T>(a1);
+    out[k + 2] = lanes_<T>(a2);
+    out[k + 3] = lanes_<T>(a3);
+  }
+  for (; k < t; ++k) {
+    const T* x0 = x + k * stride;
+    V a0 = {};
+    for (int64_t j = 0; j < H; j += L) a0 += load_(x0 + j) * load_(y + j);
+    out[k] = lanes_<T>(a0);
+  }
+}
+
+// acc[0 .. H) += sum_{k < t} w_k h_k (h_k = x + k * stride), two vectors of acc at a time held
+// in registers over k; H a multiple of 2 L
+template <typename T>
+static inline void weighted_sum_vec_(const T* x, int64_t stride, const T* w, int64_t H,
+                                     int64_t t, T* acc) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t L = Vec<T>::L;
+  for (int64_t j = 0; j < H; j += 2 * L) {
+    V c0 = load_(acc + j), c1 = load_(acc + j + L);
+    V e0 = {}, e1 = {};  // odd k: a second pair of chains
+    int64_t k = 0;
+    for (; k + 2 <= t; k += 2) {
+      const T* h0 = x + k * stride + j;
+      const T* h1 = h0 + stride;
+      const T w0 = w[k], w1 = w[k + 1];
+      c0 += w0 * load_(h0);
+      c1 += w0 * load_(h0 + L);
+      e0 += w1 * load_(h1);
+      e1 += w1 * load_(h1 + L);
+    }
+    if (k < t) {
+      const T* h0 = x + k * stride + j;
+      c0 += w[k] * load_(h0);
+      c1 += w[k] * load_(h0 + L);
+    }
+    store_(acc + j, c0 + e0);
+    store_(acc + j + L, c1 + e1);
+  }
+}
+
+template <typename T>
+static inline bool vec_width_(int64_t H) {
+  return H % (2 * Vec<T>::L) == 0;
+}
+
 template <typename T>
 static void attention_forward_row(const T* q, const T* hist, int64_t stride, int64_t t, int64_t H,
                                   T* beta, T* ctx) {
-  T top = T(0);
-  for (int64_t k = 0; k < t; ++k) {
-    beta[k] = dot_(hist + k * stride, q, H);
-    top = k == 0 || beta[k] > top ? beta[k] : top;
+  const bool vec = vec_width_<T>(H);
+  if (vec) {
+    dots_vec_(hist, stride, q, H, t, beta);
+  } else {
+    for (int64_t k = 0; k < t; ++k) beta[k] = dot_(hist + k * stride, q, H);
   }
-  T total = 0;
-  for (int64_t k = 0; k < t; ++k) {
-    beta[k] = exp_(beta[k] - top);
-    total += beta[k];
-  }
+  T top = beta[0];
+  for (int64_t k = 1; k < t; ++k) top = beta[k] > top ? beta[k] : top;
+#pragma GCC ivdep
+  for (int64_t k = 0; k < t; ++k) beta[k] = exp_(beta[k] - top);  // vectorised: no reduction
+  const T total = sum_(beta, t);
+#pragma GCC ivdep
   for (int64_t k = 0; k < t; ++k) beta[k] = beta[k] / total;
 #pragma GCC ivdep
   for (int64_t j = 0; j < H; ++j) ctx[j] = T(0);
+  if (vec) {
+    weighted_sum_vec_(hist, stride, beta, H, t, ctx);
+    return;
+  }
   for (int64_t k = 0; k < t; ++k) {
     const T* __restrict__ h = hist + k * stride;
     const T b = beta[k];
@@ -383,12 +486,33 @@ template <typename T>
 static void attention_backward_row(const T* q, const T* hist, int64_t stride, int64_t t,
                                    int64_t H, const T* beta, const T* d_ctx, T* d_hist,
                                    int64_t d_stride, T* d_beta) {
-  T s = 0;
-  for (int64_t k = 0; k < t; ++k) {
-    d_beta[k] = dot_(d_ctx, hist + k * stride, H);
-    s += beta[k] * d_beta[k];
+  const bool vec = vec_width_<T>(H);
+  if (vec) {
+    dots_vec_(hist, stride, d_ctx, H, t, d_beta);
+  } else {
+    for (int64_t k = 0; k < t; ++k) d_beta[k] = dot_(d_ctx, hist + k * stride, H);
   }
+  T s = 0;
+  for (int64_t k = 0; k < t; ++k) s += beta[k] * d_beta[k];
   T* dq = d_hist + (t - 1) * d_stride;
+  if (vec) {  // d_beta -> dL/de_k; dq += sum_k de_k h_k; dh_k += beta_k dctx + de_k q
+#pragma GCC ivdep
+    for (int64_t k = 0; k < t; ++k) d_beta[k] = beta[k] * (d_beta[k] - s);
+    const T* __restrict__ dc = d_ctx;
+    for (int64_t k = 0; k + 1 < t; ++k) {  // dh_{t-1} is dq's row: added with it below
+      const T b = beta[k], de = d_beta[k];
+      T* __restrict__ dh = d_hist + k * d_stride;
+#pragma GCC ivdep
+      for (int64_t j = 0; j < H; ++j) dh[j] += b * dc[j] + de * q[j];
+    }
+    {
+      const T b = beta[t - 1], de = d_beta[t - 1];
+#pragma GCC ivdep
+      for (int64_t j = 0; j < H; ++j) dq[j] += b * dc[j] + de * q[j];
+    }
+    weighted_sum_vec_(hist, stride, d_beta, H, t, dq);
+    return;
+  }
   for (int64_t k = 0; k < t; ++k) {
     const T de = beta[k] * (d_beta[k] - s), b = beta[k];
     const T* h = hist + k * stride;
