@@ -123,12 +123,9 @@ class FusedLSTMLayer(ObservableSteps, nn.Module):
         object.__setattr__(self, "_w_hh_step", self.recurrent_weights()[0])
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        h, c = state
-        gates = torch.addmm(self.bias_ih + self.bias_hh, x_t, self.weight_ih.t())
-        gates = torch.addmm(gates, h, self._w_hh_step.t())
-        i, f, g, o = gates.chunk(4, 1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
+        h_prev, c_prev = state
+        xw_t = torch.addmm(self.bias_ih + self.bias_hh, x_t, self.weight_ih.t())
+        h, c = lstm_cell(xw_t, h_prev, c_prev, h_prev, self._w_hh_step.t())
         if self._step_observers:
             self._observed(x_t, state, (h, c))
         return h, (h, c)
