@@ -308,16 +308,19 @@ def test_self_attention_compiled_equals_autograd_loop(cell, rates, dtype):
 
 
 @needs_compiled
+@pytest.mark.parametrize("hid", [64, 40])
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
-def test_self_attention_at_benchmark_width(dtype):
-    """H = 64 (the benchmark's width: the attention's vector kernels with four history rows at
-    a time and their tails), zoneout and recurrent dropout, padded, vs the autograd loop."""
+def test_self_attention_at_benchmark_width(dtype, hid):
+    """H = 64 (the benchmark's width) and H = 40 (a width of whole vectors whose register blocks
+    leave a remainder): the attention's vector kernels (scores eight history rows at a time and
+    the remaining rows one by one, weighted sums and the rank-2 update in register blocks) over
+    21 steps, with zoneout and recurrent dropout, padded, vs the autograd loop."""
     torch.manual_seed(3)
-    batch, steps, hid = 5, 11, 64
+    batch, steps = 5, 21
     layer = CustomLSTMLayer(8, hid, RATES["all"], self_attention=True).to(dtype)
     x = torch.randn(batch, steps, 8, dtype=dtype)
     state = (torch.randn(batch, hid, dtype=dtype), torch.randn(batch, hid, dtype=dtype))
-    lengths = torch.tensor([11, 4, 9, 1, 10])
+    lengths = torch.tensor([21, 4, 17, 1, 10])
     fast = layer_run(layer, x, state, lengths, seed=2)
     layer.fast = False
     slow = layer_run(layer, x, state, lengths, seed=2)

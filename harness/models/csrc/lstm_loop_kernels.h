@@ -382,6 +382,54 @@ static inline T lanes_(typename Vec<T>::type v) {
   return s;
 }
 
+// Sums of the lanes of eight float vectors at once: out[r] = sum_l a_r[l], by three rounds of
+// pairwise shuffles and adds (7 adds for 8 rows instead of 7 per row).
+#if defined(__clang__)
+#define LSTM_LOOP_SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define LSTM_LOOP_SHUFFLE(a, b, ...) __builtin_shuffle(a, b, (I8{__VA_ARGS__}))
+#endif
+typedef int32_t I8 __attribute__((vector_size(32)));
+typedef float F8 __attribute__((vector_size(32)));
+
+static inline F8 pair_sums_(F8 a, F8 b) {  // [a0+a1, b0+b1, a2+a3, b2+b3, ...]
+  return LSTM_LOOP_SHUFFLE(a, b, 0, 8, 2, 10, 4, 12, 6, 14) +
+         LSTM_LOOP_SHUFFLE(a, b, 1, 9, 3, 11, 5, 13, 7, 15);
+}
+
+static inline F8 quad_sums_(F8 p, F8 q) {
+  return LSTM_LOOP_SHUFFLE(p, q, 0, 1, 8, 9, 4, 5, 12, 13) +
+         LSTM_LOOP_SHUFFLE(p, q, 2, 3, 10, 11, 6, 7, 14, 15);
+}
+
+static inline F8 lanes8_(const F8* a) {
+  const F8 u = quad_sums_(pair_sums_(a[0], a[1]), pair_sums_(a[2], a[3]));
+  const F8 v = quad_sums_(pair_sums_(a[4], a[5]), pair_sums_(a[6], a[7]));
+  return LSTM_LOOP_SHUFFLE(u, v, 0, 1, 2, 3, 8, 9, 10, 11) +
+         LSTM_LOOP_SHUFFLE(u, v, 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+// out[k] = h_k . y for the 8 rows k0 .. k0 + 7 (h_k = x + k * stride): 8 independent FMA chains
+template <typename T>
+static inline void dots8_(const T* x, int64_t stride, const T* y, int64_t H, T* out) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t L = Vec<T>::L;
+  V a[8];
+#pragma GCC unroll 8
+  for (int r = 0; r < 8; ++r) a[r] = V{};
+  for (int64_t j = 0; j < H; j += L) {
+    const V yv = load_(y + j);
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; ++r) a[r] += load_(x + r * stride + j) * yv;
+  }
+  if constexpr (sizeof(T) == 4) {
+    store_(out, lanes8_(a));
+  } else {
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; ++r) out[r] = lanes_<T>(a[r]);
+  }
+}
+
 // out[k] = h_k . y for k < t (h_k = x + k * stride); H a multiple of L
 template <typename T>
 static inline void dots_vec_(const T* x, int64_t stride, const T* y, int64_t H, int64_t t,
@@ -389,65 +437,123 @@ static inline void dots_vec_(const T* x, int64_t stride, const T* y, int64_t H, 
   using V = typename Vec<T>::type;
   constexpr int64_t L = Vec<T>::L;
   int64_t k = 0;
-  for (; k + 4 <= t; k += 4) {
-    const T* x0 = x + k * stride;
-    const T* x1 = x0 + stride;
-    const T* x2 = x1 + stride;
-    const T* x3 = x2 + stride;
-    V a0 = {}, a1 = {}, a2 = {}, a3 = {};
-    for (int64_t j = 0; j < H; j += L) {
-      const V yv = load_(y + j);
-      a0 += load_(x0 + j) * yv;
-      a1 += load_(x1 + j) * yv;
-      a2 += load_(x2 + j) * yv;
-      a3 += load_(x3 + j) * yv;
-    }
-    out[k] = lanes_<T>(a0);
-    out[k + 1] = lanes_<T>(a1);
-    out[k + 2] = lanes_<T>(a2);
-    out[k + 3] = lanes_<T>(a3);
-  }
+  for (; k + 8 <= t; k += 8) dots8_(x + k * stride, stride, y, H, out + k);
   for (; k < t; ++k) {
     const T* x0 = x + k * stride;
-    V a0 = {};
-    for (int64_t j = 0; j < H; j += L) a0 += load_(x0 + j) * load_(y + j);
-    out[k] = lanes_<T>(a0);
+    V a0 = {}, a1 = {};
+    int64_t j = 0;
+    for (; j + 2 * L <= H; j += 2 * L) {
+      a0 += load_(x0 + j) * load_(y + j);
+      a1 += load_(x0 + j + L) * load_(y + j + L);
+    }
+    if (j < H) a0 += load_(x0 + j) * load_(y + j);
+    out[k] = lanes_<T>(a0 + a1);
   }
 }
 
-// acc[0 .. H) += sum_{k < t} w_k h_k (h_k = x + k * stride), two vectors of acc at a time held
-// in registers over k; H a multiple of 2 L
+// acc[0 .. NB L) += sum_{k < t} w_k h_k[0 .. NB L) (h_k = x + k * stride): NB vectors of acc
+// held in registers over the whole history (NB independent FMA chains)
+template <typename T, int NB>
+static inline void weighted_sum_block_(const T* x, int64_t stride, const T* w, int64_t t,
+                                       T* acc) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t L = Vec<T>::L;
+  V c[NB];
+#pragma GCC unroll 8
+  for (int u = 0; u < NB; ++u) c[u] = load_(acc + u * L);
+  for (int64_t k = 0; k < t; ++k) {
+    const T* r = x + k * stride;
+    const T wk = w[k];
+#pragma GCC unroll 8
+    for (int u = 0; u < NB; ++u) c[u] += wk * load_(r + u * L);
+  }
+#pragma GCC unroll 8
+  for (int u = 0; u < NB; ++u) store_(acc + u * L, c[u]);
+}
+
+// acc[0 .. H) += sum_{k < t} w_k h_k; H a multiple of L
 template <typename T>
 static inline void weighted_sum_vec_(const T* x, int64_t stride, const T* w, int64_t H,
                                      int64_t t, T* acc) {
+  constexpr int64_t L = Vec<T>::L;
+  int64_t j = 0;
+  for (; j + 8 * L <= H; j += 8 * L) weighted_sum_block_<T, 8>(x + j, stride, w, t, acc + j);
+  switch ((H - j) / L) {
+    case 1: weighted_sum_block_<T, 1>(x + j, stride, w, t, acc + j); break;
+    case 2: weighted_sum_block_<T, 2>(x + j, stride, w, t, acc + j); break;
+    case 3: weighted_sum_block_<T, 3>(x + j, stride, w, t, acc + j); break;
+    case 4: weighted_sum_block_<T, 4>(x + j, stride, w, t, acc + j); break;
+    case 5: weighted_sum_block_<T, 5>(x + j, stride, w, t, acc + j); break;
+    case 6: weighted_sum_block_<T, 6>(x + j, stride, w, t, acc + j); break;
+    case 7: weighted_sum_block_<T, 7>(x + j, stride, w, t, acc + j); break;
+    default: break;
+  }
+}
+
+// d_k[0 .. NB L) += a_k u + b_k v for k < t (d_k = d + k * stride), u and v in registers
+template <typename T, int NB>
+static inline void rank2_block_(T* d, int64_t stride, const T* a, const T* b, const T* u_,
+                                const T* v_, int64_t t) {
   using V = typename Vec<T>::type;
   constexpr int64_t L = Vec<T>::L;
-  for (int64_t j = 0; j < H; j += 2 * L) {
-    V c0 = load_(acc + j), c1 = load_(acc + j + L);
-    V e0 = {}, e1 = {};  // odd k: a second pair of chains
-    int64_t k = 0;
-    for (; k + 2 <= t; k += 2) {
-      const T* h0 = x + k * stride + j;
-      const T* h1 = h0 + stride;
-      const T w0 = w[k], w1 = w[k + 1];
-      c0 += w0 * load_(h0);
-      c1 += w0 * load_(h0 + L);
-      e0 += w1 * load_(h1);
-      e1 += w1 * load_(h1 + L);
-    }
-    if (k < t) {
-      const T* h0 = x + k * stride + j;
-      c0 += w[k] * load_(h0);
-      c1 += w[k] * load_(h0 + L);
-    }
-    store_(acc + j, c0 + e0);
-    store_(acc + j + L, c1 + e1);
+  V u[NB], v[NB];
+#pragma GCC unroll 4
+  for (int l = 0; l < NB; ++l) {
+    u[l] = load_(u_ + l * L);
+    v[l] = load_(v_ + l * L);
+  }
+  for (int64_t k = 0; k < t; ++k) {
+    T* r = d + k * stride;
+    const T ak = a[k], bk = b[k];
+#pragma GCC unroll 4
+    for (int l = 0; l < NB; ++l) store_(r + l * L, (load_(r + l * L) + ak * u[l]) + bk * v[l]);
+  }
+}
+
+// d_k[0 .. H) += a_k u + b_k v for k < t; H a multiple of L
+template <typename T>
+static inline void rank2_vec_(T* d, int64_t stride, const T* a, const T* b, const T* u,
+                              const T* v, int64_t H, int64_t t) {
+  constexpr int64_t L = Vec<T>::L;
+  int64_t j = 0;
+  for (; j + 4 * L <= H; j += 4 * L) rank2_block_<T, 4>(d + j, stride, a, b, u + j, v + j, t);
+  switch ((H - j) / L) {
+    case 1: rank2_block_<T, 1>(d + j, stride, a, b, u + j, v + j, t); break;
+    case 2: rank2_block_<T, 2>(d + j, stride, a, b, u + j, v + j, t); break;
+    case 3: rank2_block_<T, 3>(d + j, stride, a, b, u + j, v + j, t); break;
+    default: break;
   }
 }
 
 template <typename T>
 static inline bool vec_width_(int64_t H) {
-  return H % (2 * Vec<T>::L) == 0;
+  return H % Vec<T>::L == 0;
+}
+
+// max of x[0 .. n), n >= 1 (8 partial maxima, so that the loop vectorises)
+template <typename T>
+static inline T max_(const T* __restrict__ x, int64_t n) {
+  T p[8];
+  for (int l = 0; l < 8; ++l) p[l] = x[0];
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    for (int l = 0; l < 8; ++l) p[l] = x[j + l] > p[l] ? x[j + l] : p[l];
+  }
+  for (; j < n; ++j) p[0] = x[j] > p[0] ? x[j] : p[0];
+  T m = p[0];
+  for (int l = 1; l < 8; ++l) m = p[l] > m ? p[l] : m;
+  return m;
+}
+
+// beta = softmax(e) over k < t, in place
+template <typename T>
+static inline void softmax_(T* __restrict__ beta, int64_t t) {
+  const T top = max_(beta, t);
+#pragma GCC ivdep
+  for (int64_t k = 0; k < t; ++k) beta[k] = exp_(beta[k] - top);  // vectorised: no reduction
+  const T inv = T(1) / sum_(beta, t);
+#pragma GCC ivdep
+  for (int64_t k = 0; k < t; ++k) beta[k] = beta[k] * inv;
 }
 
 template <typename T>
@@ -459,13 +565,7 @@ static void attention_forward_row(const T* q, const T* hist, int64_t stride, int
   } else {
     for (int64_t k = 0; k < t; ++k) beta[k] = dot_(hist + k * stride, q, H);
   }
-  T top = beta[0];
-  for (int64_t k = 1; k < t; ++k) top = beta[k] > top ? beta[k] : top;
-#pragma GCC ivdep
-  for (int64_t k = 0; k < t; ++k) beta[k] = exp_(beta[k] - top);  // vectorised: no reduction
-  const T total = sum_(beta, t);
-#pragma GCC ivdep
-  for (int64_t k = 0; k < t; ++k) beta[k] = beta[k] / total;
+  softmax_(beta, t);
 #pragma GCC ivdep
   for (int64_t j = 0; j < H; ++j) ctx[j] = T(0);
   if (vec) {
@@ -482,6 +582,8 @@ static void attention_forward_row(const T* q, const T* hist, int64_t stride, int
 
 // Reverse of the above: dL/dctx -> dL/dq (added at d_hist + (t - 1) * d_stride, q = out_{t-1})
 // and dL/dh_k (added at d_hist + k * d_stride); d_beta: [t] scratch.
+//   dL/dbeta_k = dctx . h_k,  de_k = beta_k (dL/dbeta_k - sum_l beta_l dL/dbeta_l),
+//   dh_k += beta_k dctx + de_k q,  dq += sum_k de_k h_k
 template <typename T>
 static void attention_backward_row(const T* q, const T* hist, int64_t stride, int64_t t,
                                    int64_t H, const T* beta, const T* d_ctx, T* d_hist,
@@ -495,21 +597,10 @@ static void attention_backward_row(const T* q, const T* hist, int64_t stride, in
   T s = 0;
   for (int64_t k = 0; k < t; ++k) s += beta[k] * d_beta[k];
   T* dq = d_hist + (t - 1) * d_stride;
-  if (vec) {  // d_beta -> dL/de_k; dq += sum_k de_k h_k; dh_k += beta_k dctx + de_k q
+  if (vec) {  // dh_{t-1} is dq's row: the rank-2 update reaches it too, then dq's sum
 #pragma GCC ivdep
     for (int64_t k = 0; k < t; ++k) d_beta[k] = beta[k] * (d_beta[k] - s);
-    const T* __restrict__ dc = d_ctx;
-    for (int64_t k = 0; k + 1 < t; ++k) {  // dh_{t-1} is dq's row: added with it below
-      const T b = beta[k], de = d_beta[k];
-      T* __restrict__ dh = d_hist + k * d_stride;
-#pragma GCC ivdep
-      for (int64_t j = 0; j < H; ++j) dh[j] += b * dc[j] + de * q[j];
-    }
-    {
-      const T b = beta[t - 1], de = d_beta[t - 1];
-#pragma GCC ivdep
-      for (int64_t j = 0; j < H; ++j) dq[j] += b * dc[j] + de * q[j];
-    }
+    rank2_vec_(d_hist, d_stride, beta, d_beta, d_ctx, q, H, t);
     weighted_sum_vec_(hist, stride, d_beta, H, t, dq);
     return;
   }
