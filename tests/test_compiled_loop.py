@@ -341,6 +341,63 @@ def test_self_attention_gradcheck(cell, masks):
                      rtol=1e-5)
 
 
+# -- batch rows split over threads ---------------------------------------------------------------
+
+@pytest.fixture
+def three_threads():
+    """Three intra-op threads (after ``one_thread``): the row-block split is about correctness,
+    so it may ask for more threads than the machine has."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    yield
+    torch.set_num_threads(threads)
+
+
+@needs_compiled
+def test_row_blocks(three_threads):
+    """Each thread runs the whole loop for a block of at least 8 batch rows; fewer rows: one
+    block (the loop splits each step instead). Only with OpenMP (else ATen runs serially)."""
+    module = compiled_loop._load()
+    if not compiled_loop.OPENMP:
+        assert [module.row_blocks(b) for b in (8, 16, 29, 64)] == [1, 1, 1, 1]
+        return
+    assert [module.row_blocks(b) for b in (1, 8, 15, 16, 23, 24, 29, 64)] == \
+        [1, 1, 1, 2, 2, 3, 3, 3]
+    torch.set_num_threads(1)
+    assert module.row_blocks(64) == 1
+
+
+@needs_compiled
+@pytest.mark.parametrize("cell", [{}, {"layernorm": True, "highway": True},
+                                  {"residual_step": True}], ids=cell_id)
+@pytest.mark.parametrize("masks", ["none", "per_step", "all"])
+@pytest.mark.parametrize("batch", [16, 29], ids=["2x8", "10+10+9"])
+def test_row_blocks_equal_fallback(cell, masks, batch, three_threads):
+    """Rows split over threads (two blocks of 8; three of 10, 10 and 9) vs the PyTorch fallback,
+    values and every gradient, float64."""
+    gen = torch.Generator().manual_seed(seed_of("rows", cell_id(cell), masks, batch))
+    inputs = loop_inputs(cell, masks, gen, size=(7, batch, 16))
+    assert_close(values_and_grads(CompiledSequenceLoop, inputs),
+                 values_and_grads(SequenceLoop, inputs), 1e-12)
+
+
+@needs_compiled
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
+def test_self_attention_row_blocks_equal_autograd_loop(dtype, three_threads):
+    """Self-attention with 19 rows over three threads (blocks of at least 8 rows: two, of 10 and
+    9 rows), with LayerNorm, dropout and zoneout, padded, vs the per-step autograd loop."""
+    torch.manual_seed(5)
+    batch, steps, hid = 19, 13, 16
+    layer = CustomLSTMLayer(6, hid, RATES["all"], self_attention=True, layernorm=True).to(dtype)
+    x = torch.randn(batch, steps, 6, dtype=dtype)
+    state = (torch.randn(batch, hid, dtype=dtype), torch.randn(batch, hid, dtype=dtype))
+    lengths = torch.randint(1, steps + 1, (batch,))
+    fast = layer_run(layer, x, state, lengths, seed=4)
+    layer.fast = False
+    slow = layer_run(layer, x, state, lengths, seed=4)
+    assert_close(fast, slow, 1e-5 if dtype == F32 else 1e-12)
+
+
 # -- the layer with no technique through the compiled loop == nn.LSTM ---------------------------
 
 @needs_compiled

@@ -45,7 +45,14 @@ from torch.autograd.function import once_differentiable
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = ["lstm_loop.cpp"]
 HEADERS = ["lstm_loop_kernels.h", "lstm_loop_rows.h"]
-CFLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+# OpenMP where torch's own intra-op threads are OpenMP (Linux wheels): ATen's parallel_for is
+# compiled into the extension from the headers, and without -fopenmp it runs every range on
+# the calling thread. The extension then links the libgomp.so.1 torch has already loaded.
+OPENMP = sys.platform.startswith("linux") and torch.backends.openmp.is_available()
+# (-Wno-psabi: the kernels' 32-byte vector helpers are static, no ABI crosses a call boundary)
+CFLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-Wno-psabi"]
+CFLAGS += ["-fopenmp"] if OPENMP else []
+LDFLAGS = ["-fopenmp"] if OPENMP else []
 ENV_LOOP = "LSTM_HARNESS_LOOP"
 ENV_BUILD_DIR = "LSTM_HARNESS_BUILD_DIR"
 DTYPES = (torch.float32, torch.float64)
@@ -59,7 +66,7 @@ def _digest() -> str:
     for name in SOURCES + HEADERS:
         h.update(name.encode())
         h.update((CSRC / name).read_bytes())
-    h.update(" ".join(CFLAGS).encode())
+    h.update(" ".join(CFLAGS + LDFLAGS).encode())
     h.update(torch.__version__.encode())
     h.update(sys.version.encode())
     return h.hexdigest()[:16]
@@ -112,7 +119,7 @@ def _build(verbose: bool) -> None:
             module = cpp_extension.load(
                 name=f"lstm_harness_loop_{_digest()}",
                 sources=[str(CSRC / s) for s in SOURCES],
-                extra_cflags=CFLAGS, extra_include_paths=[str(CSRC)],
+                extra_cflags=CFLAGS, extra_ldflags=LDFLAGS, extra_include_paths=[str(CSRC)],
                 build_directory=str(folder), verbose=verbose)
         _state["reason"] = ""
     except Exception as error:  # noqa: BLE001 -- any failure means: use the fallback

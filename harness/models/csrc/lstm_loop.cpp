@@ -3,15 +3,22 @@
 // The same algorithm as lstm_harness.models.layers.SequenceLoop (the PyTorch fallback): the input
 // projections xw [T, B, G H] come precomputed; each step does one BLAS product h_in W_hh^T and
 // then ONE fused pointwise pass per batch row (lstm_loop_kernels.h: gates, LayerNorm, zoneout,
-// highway, residual, the next step's recurrent-dropout input), rows spread over the intra-op
-// threads. The backward runs the loop in reverse with one fused pass and one dgates W_hh product
-// per step, then dW_hh = sum_t dgates_t^T h_in_t as a single product.
+// highway, residual, the next step's recurrent-dropout input). The backward runs the loop in
+// reverse with one fused pass and one dgates W_hh product per step, then dW_hh = sum_t dgates_t^T
+// h_in_t as a single product. Threads: with 8 or more batch rows per intra-op thread, each
+// thread runs the whole loop for its own block of rows (by_rows); else each step's product and
+// pointwise pass are split over the threads.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include <algorithm>
 #include <cstdint>
+#include <mutex>
 #include <optional>
 #include <vector>
 
@@ -143,6 +150,61 @@ int64_t attention_grain(int64_t t, int64_t H) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, 2 * t * H));
 }
 
+// Batch rows are independent through the whole recurrence (only W_hh is shared): with at
+// least kMinRowsPerThread rows per thread, each intra-op thread runs the whole time loop for
+// its own block of rows: one parallel region per sequence instead of two or three per step,
+// each step's product on the block's rows on that thread alone (torch lets MKL start nested
+// threads inside a parallel region; max-active-levels = 1 for the region's length stops that,
+// and is restored by the last loop to leave). With fewer rows (or no OpenMP) the loop runs
+// once over the whole batch, each step's product and pointwise pass split over the threads.
+constexpr int64_t kMinRowsPerThread = 8;
+
+int64_t row_blocks(int64_t B) {
+#ifdef _OPENMP
+  if (at::in_parallel_region()) return 1;
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B / kMinRowsPerThread));
+#else
+  return 1;
+#endif
+}
+
+#ifdef _OPENMP
+class NoNestedThreads {  // max-active-levels = 1 while any loop runs its row blocks
+ public:
+  NoNestedThreads() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (depth_++ == 0) {
+      saved_ = omp_get_max_active_levels();
+      omp_set_max_active_levels(1);
+    }
+  }
+  ~NoNestedThreads() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (--depth_ == 0) omp_set_max_active_levels(saved_);
+  }
+  NoNestedThreads(const NoNestedThreads&) = delete;
+  NoNestedThreads& operator=(const NoNestedThreads&) = delete;
+
+ private:
+  static inline std::mutex mutex_;
+  static inline int depth_ = 0;
+  static inline int saved_ = 0;
+};
+#endif
+
+template <typename F>
+void by_rows(int64_t B, const F& rows) {
+  const int64_t blocks = row_blocks(B);
+  if (blocks < 2) {
+    rows(0, B);
+    return;
+  }
+#ifdef _OPENMP
+  NoNestedThreads guard;
+  at::parallel_for(0, B, (B + blocks - 1) / blocks, rows);
+#endif
+}
+
 std::vector<Tensor> loop_forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, Opt gates_gain,
                                  Opt gates_bias, Opt cell_gain, Opt cell_bias, Opt rec_mask,
                                  Opt keep_h, Opt keep_c, bool highway, bool residual,
@@ -190,7 +252,8 @@ std::vector<Tensor> loop_forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, O
     at::mul_out(first, h0, m0);
   }
   Tensor rec = at::empty({B, W}, opts);
-  Tensor w_t = w_hh.t();
+  // detached: the products may run on worker threads, whose grad mode is their own
+  Tensor w_t = w_hh.detach().t();
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "lstm_loop_forward", [&] {
     using T_ = scalar_t;
     T_* hs_p = hs.data_ptr<T_>();
@@ -212,9 +275,11 @@ std::vector<Tensor> loop_forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, O
     const T_* cb_p = ln ? cb.data_ptr<T_>() : nullptr;
     T_* beta_p = attention ? beta.data_ptr<T_>() : nullptr;
     T_* hist_p = attention ? hist.data_ptr<T_>() : nullptr;
+    const auto rows = [&](int64_t r0, int64_t r1) {  // the whole loop for batch rows [r0, r1)
+    Tensor rec_r = rec.narrow(0, r0, r1 - r0);
     for (int64_t t = 0; t < T; ++t) {
       if (attention) {  // [m_t h_{t-1}, ctx_t] for every row
-        at::parallel_for(0, B, attention_grain(t, H), [&](int64_t b0, int64_t b1) {
+        at::parallel_for(r0, r1, attention_grain(t, H), [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
             const T_* q = hs_p + (t * B + b) * H;
             T_* row = hin_p + (t * B + b) * 2 * H;
@@ -230,8 +295,8 @@ std::vector<Tensor> loop_forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, O
           }
         });
       }
-      at::mm_out(rec, h_in[t], w_t);
-      at::parallel_for(0, B, grain(W), [&](int64_t b0, int64_t b1) {
+      at::mm_out(rec_r, h_in[t].narrow(0, r0, r1 - r0), w_t);
+      at::parallel_for(r0, r1, grain(W), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           ForwardRow<T_> a;
           a.H = H;
@@ -268,6 +333,8 @@ std::vector<Tensor> loop_forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, O
         }
       });
     }
+    };
+    by_rows(B, rows);
   });
   return {hs, cs, acts, c_new, h_in, xhat, rstd_g, mean_g, mean_c, rstd_c, beta};
 }
@@ -317,6 +384,7 @@ std::vector<Tensor> loop_backward(Tensor d_out, Tensor d_h, Tensor d_c, Tensor w
        kc = mask_of(keep_c, T, B, H);
   const bool has_mask = mask.data != nullptr;
   Tensor d_rec = ln ? xh : d_pre;
+  const Tensor w = w_hh.detach();  // for the worker threads, as in the forward
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_loop_backward", [&] {
     using T_ = scalar_t;
     const int64_t so_b = d_out.stride(0), so_t = d_out.stride(1);
@@ -343,8 +411,10 @@ std::vector<Tensor> loop_backward(Tensor d_out, Tensor d_h, Tensor d_c, Tensor w
     T_* dcb_p = ln ? dcb.data_ptr<T_>() : nullptr;
     T_* scratch_p = scratch.data_ptr<T_>();
     const int64_t S = scratch.size(1);
+    const auto rows = [&](int64_t r0, int64_t r1) {  // the whole loop for batch rows [r0, r1)
+    Tensor d_h_in_r = d_h_in.narrow(0, r0, r1 - r0);
     for (int64_t t = T - 1; t >= 0; --t) {
-      at::parallel_for(0, B, grain(W), [&](int64_t b0, int64_t b1) {
+      at::parallel_for(r0, r1, grain(W), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           BackwardRow<T_> a;
           a.H = H;
@@ -387,13 +457,13 @@ std::vector<Tensor> loop_backward(Tensor d_out, Tensor d_h, Tensor d_c, Tensor w
           run_backward(a);
         }
       });
-      at::mm_out(d_h_in, d_rec[t], w_hh);
+      at::mm_out(d_h_in_r, d_rec[t].narrow(0, r0, r1 - r0), w);
       if (attention && t > 0) {  // dL/dctx_t -> dL/d(out_k), k < t
         T_* d_out_w = d_out.data_ptr<T_>();
         const T_* beta_p = beta->data_ptr<T_>();
         T_* db_p = d_beta.data_ptr<T_>();
         const T_* hist_p = hist.data_ptr<T_>();
-        at::parallel_for(0, B, attention_grain(t, H), [&](int64_t b0, int64_t b1) {
+        at::parallel_for(r0, r1, attention_grain(t, H), [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
             run_attention_backward<T_>(hs_p + (t * B + b) * H, hist_p + b * T * H, H, t, H,
                                        beta_p + (t * B + b) * T, d_h_in_p + b * K + H,
@@ -402,6 +472,8 @@ std::vector<Tensor> loop_backward(Tensor d_out, Tensor d_h, Tensor d_c, Tensor w
         });
       }
     }
+    };
+    by_rows(B, rows);
   });
   // dL/dh_0 = m_0 (d_rec_0 W_hh) + the skip paths; dL/dC_0 = gc
   Tensor d_h0;
@@ -430,4 +502,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &loop_forward, "the custom LSTM layer's time loop, forward");
   m.def("backward", &loop_backward, "the custom LSTM layer's time loop, backward");
   m.def("x86_64_v3", &use_v3, "whether the AVX2 + FMA kernels run on this CPU");
+  m.def("row_blocks", &row_blocks, "blocks of batch rows the loop runs in parallel for B rows");
 }
