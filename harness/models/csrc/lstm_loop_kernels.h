@@ -530,18 +530,23 @@ static inline bool vec_width_(int64_t H) {
   return H % Vec<T>::L == 0;
 }
 
-// max of x[0 .. n), n >= 1 (8 partial maxima, so that the loop vectorises)
+// max of x[0 .. n), n >= 1: one vector of partial maxima (a compare-and-select the compiler
+// turns into vector max instructions), then its lanes
 template <typename T>
 static inline T max_(const T* __restrict__ x, int64_t n) {
-  T p[8];
-  for (int l = 0; l < 8; ++l) p[l] = x[0];
+  using V = typename Vec<T>::type;
+  constexpr int64_t L = Vec<T>::L;
+  T m = x[0];
   int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    for (int l = 0; l < 8; ++l) p[l] = x[j + l] > p[l] ? x[j + l] : p[l];
+  if (n >= L) {
+    V p = load_(x);
+    for (j = L; j + L <= n; j += L) {
+      const V v = load_(x + j);
+      p = v > p ? v : p;
+    }
+    for (int64_t l = 0; l < L; ++l) m = p[l] > m ? p[l] : m;
   }
-  for (; j < n; ++j) p[0] = x[j] > p[0] ? x[j] : p[0];
-  T m = p[0];
-  for (int l = 1; l < 8; ++l) m = p[l] > m ? p[l] : m;
+  for (; j < n; ++j) m = x[j] > m ? x[j] : m;
   return m;
 }
 
@@ -594,8 +599,7 @@ static void attention_backward_row(const T* q, const T* hist, int64_t stride, in
   } else {
     for (int64_t k = 0; k < t; ++k) d_beta[k] = dot_(d_ctx, hist + k * stride, H);
   }
-  T s = 0;
-  for (int64_t k = 0; k < t; ++k) s += beta[k] * d_beta[k];
+  const T s = dot_(beta, d_beta, t);
   T* dq = d_hist + (t - 1) * d_stride;
   if (vec) {  // dh_{t-1} is dq's row: the rank-2 update reaches it too, then dq's sum
 #pragma GCC ivdep
