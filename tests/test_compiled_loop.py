@@ -7,6 +7,8 @@
 - the layer (``CustomLSTMLayer``) with every dropout/zoneout setting, training and evaluation,
   with and without padding: the compiled loop vs ``LSTM_HARNESS_LOOP=python`` on the same masks;
 - self-attention (compiled only) vs the layer's per-step autograd loop, and gradcheck;
+- batch rows split over threads (row blocks) vs the fallback, also through a retained graph,
+  under inference_mode / no_grad, and with self-attention;
 - the layer with no technique, pushed through the compiled loop, vs nn.LSTM with copied weights.
 
 The compiled tests skip only when no C++ compiler or ninja is installed (then the fallback is
@@ -128,6 +130,35 @@ def test_backend_is_named(monkeypatch):
     monkeypatch.setenv(compiled_loop.ENV_LOOP, "python")
     assert compiled_loop.backend() == "PyTorch fallback (LSTM_HARNESS_LOOP=python)"
     assert not compiled_loop.usable(torch.zeros(2, 1, 4))
+
+
+def test_build_retries_without_openmp(monkeypatch):
+    """A compiler that refuses -fopenmp: the build tries again without it (serial per-step
+    passes), and says so; both failing keeps both reasons for the fallback's message."""
+    tried = []
+
+    def compile_(openmp: bool, verbose: bool):
+        tried.append(openmp)
+        if openmp:
+            raise RuntimeError("c++: error: unsupported option '-fopenmp'")
+        return "module"
+
+    monkeypatch.setattr(compiled_loop, "OPENMP", True)
+    monkeypatch.setattr(compiled_loop, "_compile", compile_)
+    monkeypatch.setattr(compiled_loop, "_state", {})
+    compiled_loop._build(verbose=False)
+    assert tried == [True, False]
+    assert compiled_loop._state == {"openmp": False, "reason": "", "module": "module"}
+
+    def fail(openmp: bool, verbose: bool):
+        raise OSError(f"no compiler ({'with' if openmp else 'without'} OpenMP)")
+
+    monkeypatch.setattr(compiled_loop, "_compile", fail)
+    monkeypatch.setattr(compiled_loop, "_state", {})
+    compiled_loop._build(verbose=False)
+    assert compiled_loop._state["module"] is None
+    assert compiled_loop._state["reason"] == ("OSError: no compiler (with OpenMP); "
+                                              "OSError: no compiler (without OpenMP)")
 
 
 @needs_compiled
@@ -355,26 +386,31 @@ def three_threads():
 
 @needs_compiled
 def test_row_blocks(three_threads):
-    """Each thread runs the whole loop for a block of at least 8 batch rows; fewer rows: one
-    block (the loop splits each step instead). Only with OpenMP (else ATen runs serially)."""
+    """Each thread runs the whole loop for a block of rows when every thread gets at least 8
+    rows; fewer rows: one block (the loop splits each step instead). Only with OpenMP (else
+    ATen runs serially)."""
     module = compiled_loop._load()
-    if not compiled_loop.OPENMP:
-        assert [module.row_blocks(b) for b in (8, 16, 29, 64)] == [1, 1, 1, 1]
+    if not compiled_loop.threaded():
+        assert [module.row_blocks(b) for b in (8, 24, 64)] == [1, 1, 1]
         return
-    assert [module.row_blocks(b) for b in (1, 8, 15, 16, 23, 24, 29, 64)] == \
-        [1, 1, 1, 2, 2, 3, 3, 3]
+    assert [module.row_blocks(b) for b in (1, 8, 16, 23, 24, 29, 64)] == [1, 1, 1, 1, 3, 3, 3]
+    torch.set_num_threads(2)
+    assert [module.row_blocks(b) for b in (15, 16)] == [1, 2]
     torch.set_num_threads(1)
     assert module.row_blocks(64) == 1
 
 
+ROW_BLOCK_CELLS = [{}, {"layernorm": True}, {"highway": True}, {"residual_step": True},
+                   {"layernorm": True, "highway": True, "residual_step": True}]
+
+
 @needs_compiled
-@pytest.mark.parametrize("cell", [{}, {"layernorm": True, "highway": True},
-                                  {"residual_step": True}], ids=cell_id)
-@pytest.mark.parametrize("masks", ["none", "per_step", "all"])
-@pytest.mark.parametrize("batch", [16, 29], ids=["2x8", "10+10+9"])
+@pytest.mark.parametrize("cell", ROW_BLOCK_CELLS, ids=cell_id)
+@pytest.mark.parametrize("masks", ["none", "variational", "per_step", "keep_broadcast", "all"])
+@pytest.mark.parametrize("batch", [24, 29], ids=["3x8", "10+10+9"])
 def test_row_blocks_equal_fallback(cell, masks, batch, three_threads):
-    """Rows split over threads (two blocks of 8; three of 10, 10 and 9) vs the PyTorch fallback,
-    values and every gradient, float64."""
+    """Rows split over three threads (three blocks of 8; of 10, 10 and 9) vs the PyTorch
+    fallback, values and every gradient, float64."""
     gen = torch.Generator().manual_seed(seed_of("rows", cell_id(cell), masks, batch))
     inputs = loop_inputs(cell, masks, gen, size=(7, batch, 16))
     assert_close(values_and_grads(CompiledSequenceLoop, inputs),
@@ -382,12 +418,61 @@ def test_row_blocks_equal_fallback(cell, masks, batch, three_threads):
 
 
 @needs_compiled
+@pytest.mark.parametrize("cell", [{}, {"layernorm": True, "highway": True}], ids=cell_id)
+def test_row_blocks_equal_fallback_float32(cell, three_threads):
+    gen = torch.Generator().manual_seed(seed_of("rows32", cell_id(cell)))
+    inputs = loop_inputs(cell, "all", gen, dtype=F32, size=(9, 26, 24))
+    assert_close(values_and_grads(CompiledSequenceLoop, inputs),
+                 values_and_grads(SequenceLoop, inputs), 1e-5)
+
+
+@needs_compiled
+def test_row_blocks_repeat_backward(three_threads):
+    """A retained graph (LayerNorm: x^ recomputed for the second backward) under the split:
+    both backwards give the fallback's gradients."""
+    gen = torch.Generator().manual_seed(9)
+    inputs = loop_inputs({"layernorm": True}, "all", gen, size=(6, 24, 16))
+    leaves = [x.detach().clone().requires_grad_(x.requires_grad)
+              if isinstance(x, torch.Tensor) else x for x in inputs]
+    out = CompiledSequenceLoop.apply(*leaves)
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=F64)).sum() for o in out)
+    wrt = [x for x in leaves if isinstance(x, torch.Tensor) and x.requires_grad]
+    first = torch.autograd.grad(loss, wrt, retain_graph=True)
+    second = torch.autograd.grad(loss, wrt)
+    fallback_out = SequenceLoop.apply(*inputs)
+    gen = torch.Generator().manual_seed(9)
+    loop_inputs({"layernorm": True}, "all", gen, size=(6, 24, 16))  # the same draws as above
+    fallback_loss = sum((o * torch.randn(o.shape, generator=gen, dtype=F64)).sum()
+                        for o in fallback_out)
+    want = torch.autograd.grad(fallback_loss, [x for x in inputs
+                                               if isinstance(x, torch.Tensor) and x.requires_grad])
+    assert_close(list(first), list(want), 1e-12)
+    assert_close(list(second), list(want), 1e-12)
+
+
+@needs_compiled
+@pytest.mark.parametrize("mode", ["inference_mode", "no_grad"])
+def test_row_blocks_under_inference_and_no_grad(mode, three_threads):
+    """The worker threads run under the caller's thread-local state: the split works inside
+    torch.inference_mode() (whose tensors refuse in-place updates outside it) and no_grad."""
+    gen = torch.Generator().manual_seed(12)
+    inputs = [x.detach() if isinstance(x, torch.Tensor) else x
+              for x in loop_inputs({"layernorm": True}, "all", gen, size=(5, 24, 16))]
+    want = SequenceLoop.apply(*inputs)
+    with getattr(torch, mode)():
+        got = CompiledSequenceLoop.apply(*inputs)
+    assert_close([g.clone() for g in got], list(want), 1e-12)
+
+
+@needs_compiled
+@pytest.mark.parametrize("hid", [16, 12], ids=["vector-width", "scalar-width"])
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
-def test_self_attention_row_blocks_equal_autograd_loop(dtype, three_threads):
-    """Self-attention with 19 rows over three threads (blocks of at least 8 rows: two, of 10 and
-    9 rows), with LayerNorm, dropout and zoneout, padded, vs the per-step autograd loop."""
+def test_self_attention_row_blocks_equal_autograd_loop(dtype, hid, three_threads):
+    """Self-attention with 25 rows over three threads (blocks of 9, 8 and 8), with LayerNorm,
+    dropout and zoneout, padded, vs the per-step autograd loop; H = 16 takes the vector
+    kernels, H = 12 the scalar ones (not a whole number of 8-float vectors)."""
     torch.manual_seed(5)
-    batch, steps, hid = 19, 13, 16
+    batch, steps = 25, 13
     layer = CustomLSTMLayer(6, hid, RATES["all"], self_attention=True, layernorm=True).to(dtype)
     x = torch.randn(batch, steps, 6, dtype=dtype)
     state = (torch.randn(batch, hid, dtype=dtype), torch.randn(batch, hid, dtype=dtype))

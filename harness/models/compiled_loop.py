@@ -45,14 +45,20 @@ from torch.autograd.function import once_differentiable
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = ["lstm_loop.cpp"]
 HEADERS = ["lstm_loop_kernels.h", "lstm_loop_rows.h"]
-# OpenMP where torch's own intra-op threads are OpenMP (Linux wheels): ATen's parallel_for is
-# compiled into the extension from the headers, and without -fopenmp it runs every range on
-# the calling thread. The extension then links the libgomp.so.1 torch has already loaded.
+# OpenMP where torch's own intra-op threads are OpenMP (the Linux wheels): ATen's parallel_for
+# is compiled into the extension from the headers, and without -fopenmp it runs every range on
+# the calling thread. The extension then links the libgomp.so.1 torch has already loaded. A
+# compiler without OpenMP support gets a second try without it (serial per-step passes).
 OPENMP = sys.platform.startswith("linux") and torch.backends.openmp.is_available()
 # (-Wno-psabi: the kernels' 32-byte vector helpers are static, no ABI crosses a call boundary)
 CFLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-Wno-psabi"]
-CFLAGS += ["-fopenmp"] if OPENMP else []
-LDFLAGS = ["-fopenmp"] if OPENMP else []
+
+
+def _flags(openmp: bool) -> tuple[list[str], list[str]]:
+    """(compile, link) flags."""
+    return CFLAGS + ["-fopenmp"] * openmp, ["-fopenmp"] * openmp
+
+
 ENV_LOOP = "LSTM_HARNESS_LOOP"
 ENV_BUILD_DIR = "LSTM_HARNESS_BUILD_DIR"
 DTYPES = (torch.float32, torch.float64)
@@ -61,21 +67,21 @@ _state: dict[str, object] = {}
 _state_lock = threading.Lock()  # one build per process, even from several threads
 
 
-def _digest() -> str:
+def _digest(openmp: bool = OPENMP) -> str:
     h = hashlib.sha256()
     for name in SOURCES + HEADERS:
         h.update(name.encode())
         h.update((CSRC / name).read_bytes())
-    h.update(" ".join(CFLAGS + LDFLAGS).encode())
+    h.update(" ".join(sum(_flags(openmp), [])).encode())
     h.update(torch.__version__.encode())
     h.update(sys.version.encode())
     return h.hexdigest()[:16]
 
 
-def build_directory() -> Path:
+def build_directory(openmp: bool = OPENMP) -> Path:
     """Where the extension is built: one folder per (sources, flags, torch, Python)."""
     root = os.environ.get(ENV_BUILD_DIR) or Path.home() / ".cache" / "lstm_harness"
-    return Path(root) / f"lstm_loop-{_digest()}"
+    return Path(root) / f"lstm_loop-{_digest(openmp)}"
 
 
 @contextlib.contextmanager
@@ -110,22 +116,36 @@ def _load(verbose: bool = False) -> ModuleType | None:
 
 
 def _build(verbose: bool) -> None:
-    module = None
-    try:
-        from torch.utils import cpp_extension
-
-        folder = build_directory()
-        with _build_lock(folder):
-            module = cpp_extension.load(
-                name=f"lstm_harness_loop_{_digest()}",
-                sources=[str(CSRC / s) for s in SOURCES],
-                extra_cflags=CFLAGS, extra_ldflags=LDFLAGS, extra_include_paths=[str(CSRC)],
-                build_directory=str(folder), verbose=verbose)
-        _state["reason"] = ""
-    except Exception as error:  # noqa: BLE001 -- any failure means: use the fallback
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        _state["reason"] = f"{type(error).__name__}: {first[:200]}"
+    module, reasons = None, []
+    for openmp in [True, False] if OPENMP else [False]:
+        try:
+            module = _compile(openmp, verbose)
+            _state["openmp"] = openmp
+            break
+        except Exception as error:  # noqa: BLE001 -- any failure means: use the fallback
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            reasons.append(f"{type(error).__name__}: {first[:200]}")
+    _state["reason"] = "" if module is not None else "; ".join(reasons)
     _state["module"] = module
+
+
+def _compile(openmp: bool, verbose: bool) -> ModuleType:
+    from torch.utils import cpp_extension
+
+    folder = build_directory(openmp)
+    cflags, ldflags = _flags(openmp)
+    with _build_lock(folder):
+        return cpp_extension.load(
+            name=f"lstm_harness_loop_{_digest(openmp)}",
+            sources=[str(CSRC / s) for s in SOURCES],
+            extra_cflags=cflags, extra_ldflags=ldflags, extra_include_paths=[str(CSRC)],
+            build_directory=str(folder), verbose=verbose)
+
+
+def threaded() -> bool:
+    """Whether the loaded extension was built with OpenMP (its per-step passes and row blocks
+    run on torch's intra-op threads)."""
+    return _load() is not None and bool(_state.get("openmp"))
 
 
 def forced_fallback() -> bool:
@@ -157,7 +177,8 @@ def backend() -> str:
     if module is None:
         return f"PyTorch fallback (C++ extension unavailable: {_state['reason']})"
     isa = "AVX2+FMA kernels" if module.x86_64_v3() else "baseline-ISA kernels"
-    return f"compiled C++ loop ({isa}; CUDA tensors use the PyTorch fallback)"
+    threads = "" if _state.get("openmp") else "; per-step passes on one thread (no OpenMP)"
+    return f"compiled C++ loop ({isa}{threads}; CUDA tensors use the PyTorch fallback)"
 
 
 def _unit_stride(m: torch.Tensor | None, steps: int, batch: int, hid: int,

@@ -5,12 +5,13 @@
 // then ONE fused pointwise pass per batch row (lstm_loop_kernels.h: gates, LayerNorm, zoneout,
 // highway, residual, the next step's recurrent-dropout input). The backward runs the loop in
 // reverse with one fused pass and one dgates W_hh product per step, then dW_hh = sum_t dgates_t^T
-// h_in_t as a single product. Threads: with 8 or more batch rows per intra-op thread, each
-// thread runs the whole loop for its own block of rows (by_rows); else each step's product and
-// pointwise pass are split over the threads.
+// h_in_t as a single product. Threads: with 8 or more batch rows for every intra-op thread,
+// each thread runs the whole loop for its own block of rows (by_rows); else each step's product
+// and pointwise pass are split over the threads.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -150,25 +151,32 @@ int64_t attention_grain(int64_t t, int64_t H) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, 2 * t * H));
 }
 
-// Batch rows are independent through the whole recurrence (only W_hh is shared): with at
-// least kMinRowsPerThread rows per thread, each intra-op thread runs the whole time loop for
-// its own block of rows: one parallel region per sequence instead of two or three per step,
-// each step's product on the block's rows on that thread alone (torch lets MKL start nested
-// threads inside a parallel region; max-active-levels = 1 for the region's length stops that,
-// and is restored by the last loop to leave). With fewer rows (or no OpenMP) the loop runs
-// once over the whole batch, each step's product and pointwise pass split over the threads.
+// Batch rows are independent through the whole recurrence (only W_hh is shared): when every
+// intra-op thread gets at least kMinRowsPerThread rows, each thread runs the whole time loop
+// for its own block of rows: one parallel region per sequence instead of two or three per
+// step, each step's product on the block's rows on that thread alone (torch lets MKL start
+// nested threads inside a parallel region; max-active-levels = 1 for the region's length stops
+// that, and is restored by the last loop to leave). The workers run under the caller's
+// thread-local state (grad and inference mode, autocast), as ATen's own OpenMP loops do not
+// pass it on. With fewer rows (or without ATen's OpenMP backend) the loop runs once over the
+// whole batch, each step's product and pointwise pass split over the threads.
 constexpr int64_t kMinRowsPerThread = 8;
 
+#if defined(_OPENMP) && AT_PARALLEL_OPENMP
+#define LSTM_LOOP_ROW_BLOCKS 1
+#endif
+
 int64_t row_blocks(int64_t B) {
-#ifdef _OPENMP
-  if (at::in_parallel_region()) return 1;
-  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B / kMinRowsPerThread));
+#ifdef LSTM_LOOP_ROW_BLOCKS
+  const int64_t n = at::get_num_threads();
+  if (n < 2 || at::in_parallel_region() || B < n * kMinRowsPerThread) return 1;
+  return n;
 #else
   return 1;
 #endif
 }
 
-#ifdef _OPENMP
+#ifdef LSTM_LOOP_ROW_BLOCKS
 class NoNestedThreads {  // max-active-levels = 1 while any loop runs its row blocks
  public:
   NoNestedThreads() {
@@ -199,9 +207,13 @@ void by_rows(int64_t B, const F& rows) {
     rows(0, B);
     return;
   }
-#ifdef _OPENMP
+#ifdef LSTM_LOOP_ROW_BLOCKS
   NoNestedThreads guard;
-  at::parallel_for(0, B, (B + blocks - 1) / blocks, rows);
+  const at::ThreadLocalState caller;
+  at::parallel_for(0, B, (B + blocks - 1) / blocks, [&](int64_t r0, int64_t r1) {
+    at::ThreadLocalStateGuard state(caller);
+    rows(r0, r1);
+  });
 #endif
 }
 

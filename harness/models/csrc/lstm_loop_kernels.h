@@ -354,9 +354,10 @@ static inline float exp_(float x) { return exp_approx(x); }
 static inline double exp_(double x) { return __builtin_exp(x); }
 
 // Explicit 32-byte vectors (GCC vector extensions: AVX registers in the x86-64-v3 copy, SSE
-// pairs in the baseline one) for widths H that are a multiple of two vectors: the scores four
-// history rows at a time (four independent FMA chains), and ctx / dq accumulated in registers
-// over the history (not loaded and stored back once per history row).
+// pairs in the baseline one) for widths H that are a multiple of one vector (other widths take
+// the scalar loops): the scores eight history rows at a time (eight independent FMA chains),
+// and ctx / dq / the rank-2 update with their accumulators or operands in registers over the
+// history (not loaded and stored back once per history row).
 template <typename T>
 struct Vec {
   typedef T type __attribute__((vector_size(32)));
