@@ -288,63 +288,63 @@ std::vector<Tensor> loop_forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, O
     T_* beta_p = attention ? beta.data_ptr<T_>() : nullptr;
     T_* hist_p = attention ? hist.data_ptr<T_>() : nullptr;
     const auto rows = [&](int64_t r0, int64_t r1) {  // the whole loop for batch rows [r0, r1)
-    Tensor rec_r = rec.narrow(0, r0, r1 - r0);
-    for (int64_t t = 0; t < T; ++t) {
-      if (attention) {  // [m_t h_{t-1}, ctx_t] for every row
-        at::parallel_for(r0, r1, attention_grain(t, H), [&](int64_t b0, int64_t b1) {
-          for (int64_t b = b0; b < b1; ++b) {
-            const T_* q = hs_p + (t * B + b) * H;
-            T_* row = hin_p + (t * B + b) * 2 * H;
-            const T_* m = mask.row<T_>(t, b);
-            for (int64_t j = 0; j < H; ++j) row[j] = m ? q[j] * m[j] : q[j];
-            if (t == 0) {
-              for (int64_t j = 0; j < H; ++j) row[H + j] = T_(0);
-            } else {
-              T_* mine = hist_p + b * T * H;
-              std::copy(q, q + H, mine + (t - 1) * H);
-              run_attention_forward<T_>(q, mine, H, t, H, beta_p + (t * B + b) * T, row + H);
+      Tensor rec_r = rec.narrow(0, r0, r1 - r0);
+      for (int64_t t = 0; t < T; ++t) {
+        if (attention) {  // [m_t h_{t-1}, ctx_t] for every row
+          at::parallel_for(r0, r1, attention_grain(t, H), [&](int64_t b0, int64_t b1) {
+            for (int64_t b = b0; b < b1; ++b) {
+              const T_* q = hs_p + (t * B + b) * H;
+              T_* row = hin_p + (t * B + b) * 2 * H;
+              const T_* m = mask.row<T_>(t, b);
+              for (int64_t j = 0; j < H; ++j) row[j] = m ? q[j] * m[j] : q[j];
+              if (t == 0) {
+                for (int64_t j = 0; j < H; ++j) row[H + j] = T_(0);
+              } else {
+                T_* mine = hist_p + b * T * H;
+                std::copy(q, q + H, mine + (t - 1) * H);
+                run_attention_forward<T_>(q, mine, H, t, H, beta_p + (t * B + b) * T, row + H);
+              }
             }
+          });
+        }
+        at::mm_out(rec_r, h_in[t].narrow(0, r0, r1 - r0), w_t);
+        at::parallel_for(r0, r1, grain(W), [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            ForwardRow<T_> a;
+            a.H = H;
+            a.W = W;
+            a.layernorm = ln;
+            a.highway = highway;
+            a.residual = residual;
+            a.eps = static_cast<T_>(eps);
+            const int64_t rw = (t * B + b) * W, rh = (t * B + b) * H, nh = ((t + 1) * B + b) * H;
+            a.xw = xw_p + rw;
+            a.rec = rec_p + b * W;
+            a.h_prev = hs_p + rh;
+            a.c_prev = cs_p + rh;
+            a.h = hs_p + nh;
+            a.c = cs_p + nh;
+            a.c_new = has_keep_c ? cn_p + rh : cs_p + nh;
+            a.acts = act_p + rw;
+            a.tanh_c = tc_p + b * H;
+            a.xhat = ln ? xh_p + rw : nullptr;
+            a.rstd_g = ln ? rg_p + (t * B + b) * 4 : nullptr;
+            a.mean_g = ln ? mg_p + (t * B + b) * 4 : nullptr;
+            a.mean_c = ln ? mc_p + t * B + b : nullptr;
+            a.rstd_c = ln ? rc_p + t * B + b : nullptr;
+            a.gates_gain = gg_p;
+            a.gates_bias = gb_p;
+            a.cell_gain = cg_p;
+            a.cell_bias = cb_p;
+            a.keep_h = kh.row<T_>(t, b);
+            a.keep_c = kc.row<T_>(t, b);
+            const bool next = has_mask && t + 1 < T && !attention;
+            a.mask_next = next ? mask.row<T_>(t + 1, b) : nullptr;
+            a.h_in_next = next ? hin_p + ((t + 1) * B + b) * H : nullptr;
+            run_forward(a);
           }
         });
       }
-      at::mm_out(rec_r, h_in[t].narrow(0, r0, r1 - r0), w_t);
-      at::parallel_for(r0, r1, grain(W), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          ForwardRow<T_> a;
-          a.H = H;
-          a.W = W;
-          a.layernorm = ln;
-          a.highway = highway;
-          a.residual = residual;
-          a.eps = static_cast<T_>(eps);
-          const int64_t rw = (t * B + b) * W, rh = (t * B + b) * H, nh = ((t + 1) * B + b) * H;
-          a.xw = xw_p + rw;
-          a.rec = rec_p + b * W;
-          a.h_prev = hs_p + rh;
-          a.c_prev = cs_p + rh;
-          a.h = hs_p + nh;
-          a.c = cs_p + nh;
-          a.c_new = has_keep_c ? cn_p + rh : cs_p + nh;
-          a.acts = act_p + rw;
-          a.tanh_c = tc_p + b * H;
-          a.xhat = ln ? xh_p + rw : nullptr;
-          a.rstd_g = ln ? rg_p + (t * B + b) * 4 : nullptr;
-          a.mean_g = ln ? mg_p + (t * B + b) * 4 : nullptr;
-          a.mean_c = ln ? mc_p + t * B + b : nullptr;
-          a.rstd_c = ln ? rc_p + t * B + b : nullptr;
-          a.gates_gain = gg_p;
-          a.gates_bias = gb_p;
-          a.cell_gain = cg_p;
-          a.cell_bias = cb_p;
-          a.keep_h = kh.row<T_>(t, b);
-          a.keep_c = kc.row<T_>(t, b);
-          const bool next = has_mask && t + 1 < T && !attention;
-          a.mask_next = next ? mask.row<T_>(t + 1, b) : nullptr;
-          a.h_in_next = next ? hin_p + ((t + 1) * B + b) * H : nullptr;
-          run_forward(a);
-        }
-      });
-    }
     };
     by_rows(B, rows);
   });
@@ -424,66 +424,66 @@ std::vector<Tensor> loop_backward(Tensor d_out, Tensor d_h, Tensor d_c, Tensor w
     T_* scratch_p = scratch.data_ptr<T_>();
     const int64_t S = scratch.size(1);
     const auto rows = [&](int64_t r0, int64_t r1) {  // the whole loop for batch rows [r0, r1)
-    Tensor d_h_in_r = d_h_in.narrow(0, r0, r1 - r0);
-    for (int64_t t = T - 1; t >= 0; --t) {
-      at::parallel_for(r0, r1, grain(W), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          BackwardRow<T_> a;
-          a.H = H;
-          a.W = W;
-          a.layernorm = ln;
-          a.highway = highway;
-          a.residual = residual;
-          a.first = t == T - 1;
-          const int64_t rw = (t * B + b) * W, rh = (t * B + b) * H;
-          a.d_h = d_h_p + b * H;
-          a.d_h_in = d_h_in_p + b * K;
-          a.mask_next = has_mask && t + 1 < T ? mask.row<T_>(t + 1, b) : nullptr;
-          a.gh_prev = ghp_p + b * H;
-          a.d_out = d_out_p + b * so_b + t * so_t;
-          a.gc = gc_p + b * H;
-          a.keep_h = kh.row<T_>(t, b);
-          a.keep_c = kc.row<T_>(t, b);
-          if (reuse_acts) {
-            T_* copy = scratch_p + b * S + 5 * H;
-            std::copy(act_p + rw, act_p + rw + W, copy);
-            a.acts = copy;
-          } else {
-            a.acts = act_p + rw;
-          }
-          a.d_pre = dpre_p + rw;
-          a.h_prev = hs_p + rh;
-          a.c_prev = cs_p + rh;
-          a.c_new = cn_p + cn_t * t + cn_b * b;
-          a.mean_c = ln ? mc_p + t * B + b : nullptr;
-          a.rstd_c = ln ? rc_p + t * B + b : nullptr;
-          a.cell_gain = cg_p;
-          a.cell_bias = cb_p;
-          a.gates_gain = gg_p;
-          a.xhat = ln ? xh_p + rw : nullptr;
-          a.rstd_g = ln ? rg_p + (t * B + b) * 4 : nullptr;
-          a.d_gates_gain = ln ? dgg_p + b * 4 * H : nullptr;
-          a.d_cell_gain = ln ? dcg_p + b * H : nullptr;
-          a.d_cell_bias = ln ? dcb_p + b * H : nullptr;
-          a.scratch = scratch_p + b * S;
-          run_backward(a);
-        }
-      });
-      at::mm_out(d_h_in_r, d_rec[t].narrow(0, r0, r1 - r0), w);
-      if (attention && t > 0) {  // dL/dctx_t -> dL/d(out_k), k < t
-        T_* d_out_w = d_out.data_ptr<T_>();
-        const T_* beta_p = beta->data_ptr<T_>();
-        T_* db_p = d_beta.data_ptr<T_>();
-        const T_* hist_p = hist.data_ptr<T_>();
-        at::parallel_for(r0, r1, attention_grain(t, H), [&](int64_t b0, int64_t b1) {
+      Tensor d_h_in_r = d_h_in.narrow(0, r0, r1 - r0);
+      for (int64_t t = T - 1; t >= 0; --t) {
+        at::parallel_for(r0, r1, grain(W), [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
-            run_attention_backward<T_>(hs_p + (t * B + b) * H, hist_p + b * T * H, H, t, H,
-                                       beta_p + (t * B + b) * T, d_h_in_p + b * K + H,
-                                       d_out_w + b * so_b, so_t, db_p + b * T);
+            BackwardRow<T_> a;
+            a.H = H;
+            a.W = W;
+            a.layernorm = ln;
+            a.highway = highway;
+            a.residual = residual;
+            a.first = t == T - 1;
+            const int64_t rw = (t * B + b) * W, rh = (t * B + b) * H;
+            a.d_h = d_h_p + b * H;
+            a.d_h_in = d_h_in_p + b * K;
+            a.mask_next = has_mask && t + 1 < T ? mask.row<T_>(t + 1, b) : nullptr;
+            a.gh_prev = ghp_p + b * H;
+            a.d_out = d_out_p + b * so_b + t * so_t;
+            a.gc = gc_p + b * H;
+            a.keep_h = kh.row<T_>(t, b);
+            a.keep_c = kc.row<T_>(t, b);
+            if (reuse_acts) {
+              T_* copy = scratch_p + b * S + 5 * H;
+              std::copy(act_p + rw, act_p + rw + W, copy);
+              a.acts = copy;
+            } else {
+              a.acts = act_p + rw;
+            }
+            a.d_pre = dpre_p + rw;
+            a.h_prev = hs_p + rh;
+            a.c_prev = cs_p + rh;
+            a.c_new = cn_p + cn_t * t + cn_b * b;
+            a.mean_c = ln ? mc_p + t * B + b : nullptr;
+            a.rstd_c = ln ? rc_p + t * B + b : nullptr;
+            a.cell_gain = cg_p;
+            a.cell_bias = cb_p;
+            a.gates_gain = gg_p;
+            a.xhat = ln ? xh_p + rw : nullptr;
+            a.rstd_g = ln ? rg_p + (t * B + b) * 4 : nullptr;
+            a.d_gates_gain = ln ? dgg_p + b * 4 * H : nullptr;
+            a.d_cell_gain = ln ? dcg_p + b * H : nullptr;
+            a.d_cell_bias = ln ? dcb_p + b * H : nullptr;
+            a.scratch = scratch_p + b * S;
+            run_backward(a);
           }
         });
+        at::mm_out(d_h_in_r, d_rec[t].narrow(0, r0, r1 - r0), w);
+        if (attention && t > 0) {  // dL/dctx_t -> dL/d(out_k), k < t
+          T_* d_out_w = d_out.data_ptr<T_>();
+          const T_* beta_p = beta->data_ptr<T_>();
+          T_* db_p = d_beta.data_ptr<T_>();
+          const T_* hist_p = hist.data_ptr<T_>();
+          at::parallel_for(r0, r1, attention_grain(t, H), [&](int64_t b0, int64_t b1) {
+            for (int64_t b = b0; b < b1; ++b) {
+              run_attention_backward<T_>(hs_p + (t * B + b) * H, hist_p + b * T * H, H, t, H,
+                                         beta_p + (t * B + b) * T, d_h_in_p + b * K + H,
+                                         d_out_w + b * so_b, so_t, db_p + b * T);
+            }
+          });
+        }
       }
-    }
     };
     by_rows(B, rows);
   });
